@@ -1,0 +1,67 @@
+# gmia — the two commands a new user needs are `make anonymize` and `make test`.
+# Every target installs what it needs first (a local .venv); installing again is a no-op.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+GMIA    := $(VENV)/bin/gmia
+STAMP   := $(VENV)/.gmia-installed
+
+DATASET   ?= phantom
+DATA_ROOT ?=
+CKPT      ?=
+OUT       ?= outputs/anonymize/$(DATASET)
+PRIVACY   ?= medium
+
+.PHONY: install test test-fast anonymize phantom-data bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# The whole suite, slow end-to-end tests included (that is what CI runs).
+test: install
+	$(PY) -m pytest -q
+
+# Everything but the tests marked slow, for quick iterations.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# ---- data -----------------------------------------------------------------------------------------
+# The shipped synthetic benchmarks; seeds and sizes come from the presets in gmia/config.py.
+data/phantom-cxr64/phantom.json: | install
+	$(GMIA) phantom --preset phantom-cxr64 --out data/phantom-cxr64
+
+data/phantom-face64/phantom.json: | install
+	$(GMIA) phantom --preset phantom-face64 --out data/phantom-face64
+
+phantom-data: data/phantom-cxr64/phantom.json data/phantom-face64/phantom.json
+
+# ---- the main job -----------------------------------------------------------------------------------
+# make anonymize                      the phantom chest X-ray test split, shipped weights
+# make anonymize DATASET=phantom-face the phantom face test split, shipped weights
+# make anonymize DATASET=mimic DATA_ROOT=/data/mimic-cxr-jpg CKPT=/models/gmia-cxr256
+#                                     (also chexpert, nih, folder, dicom)
+ifeq ($(DATASET),phantom)
+anonymize: data/phantom-cxr64/phantom.json
+	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out $(OUT)
+else ifeq ($(DATASET),phantom-face)
+anonymize: data/phantom-face64/phantom.json
+	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT)
+else
+anonymize: install
+	@test -n "$(DATA_ROOT)" || { echo "make anonymize DATASET=$(DATASET) needs DATA_ROOT=<folder of the dataset> (and CKPT=<checkpoint folder>); see README.md, 'Real datasets'." >&2; exit 2; }
+	@test -n "$(CKPT)" || { echo "make anonymize DATASET=$(DATASET) needs CKPT=<checkpoint folder with generator, encoder, identity and utility weights>; see README.md, 'Real datasets'." >&2; exit 2; }
+	$(GMIA) anonymize --preset gmia-cxr256 --dataset $(DATASET) --data-root "$(DATA_ROOT)" --checkpoints "$(CKPT)" --privacy $(PRIVACY) --out $(OUT)
+endif
+
+# ---- benchmarks -------------------------------------------------------------------------------------
+bench: install
+	$(PY) experiments/bench_phantoms.py
+	$(PY) experiments/bench_generator.py
+
+clean:
+	rm -rf outputs .pytest_cache

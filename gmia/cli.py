@@ -1,0 +1,92 @@
+"""The `gmia` command line: a thin click layer. Each command reads options, builds a config and calls one
+library function; a GmiaError reaches the user as one line (the traceback only with --debug)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import GmiaError
+
+
+class _Group(click.Group):
+    """Turns GmiaError into a one-line click error unless --debug was given."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GmiaError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gmia")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """gmia: generative anonymization of medical images (chest X-rays, patient faces)."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--preset", default=None, help="Take domain, size, patients, studies and seed from a preset's benchmark.")
+@click.option("--domain", type=click.Choice(["cxr", "face"]), default=None, help="cxr (1 channel) or face (RGB).")
+@click.option("--patients", type=int, default=None, help="Number of synthetic patients.")
+@click.option("--studies", type=int, default=None, help="Studies (images) per patient.")
+@click.option("--size", type=int, default=None, help="Image side in pixels (64 default; 256 for GPU runs).")
+@click.option("--seed", type=int, default=None, help="Seed; same seed, same bytes.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder (must not hold a set).")
+def phantom(preset, domain, patients, studies, size, seed, out):
+    """Generate a synthetic phantom dataset (images/, masks/, metadata.csv, phantom.json)."""
+    from .data.phantoms.cli import make_phantom_set
+
+    summary = make_phantom_set(Path(out), preset=preset, domain=domain, patients=patients, studies=studies,
+                               size=size, seed=seed)
+    click.echo(summary)
+
+
+@cli.command("import-checkpoint")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(file_okay=False))
+def import_checkpoint(src, dst):
+    """Convert an official StyleGAN2-ADA or GMIA .pkl into safetensors + JSON cards, safely.
+
+    No code inside the pickle is ever run: only an exact allowlist of globals is accepted."""
+    from .checkpoints import import_official_pickle
+
+    out = import_official_pickle(Path(src), Path(dst))
+    click.echo(f"imported {src} -> {out}")
+
+
+@cli.command()
+@click.option("--preset", default="phantom-cxr64", show_default=True)
+@click.option("--input", "input_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--dataset", default=None, help="Real dataset adapter: mimic, chexpert, nih, folder, dicom.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+@click.option("--checkpoints", type=click.Path(file_okay=False), default=None)
+@click.option("--split", default=None)
+@click.option("--privacy", default=None)
+@click.option("--margin", type=float, default=None)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def anonymize(preset, input_dir, dataset, data_root, checkpoints, split, privacy, margin, out):
+    """Anonymize a dataset (stage 2)."""
+    from .config import get_preset, margin_for
+
+    get_preset(preset)
+    margin_for(privacy, margin)
+    raise GmiaError("stage 2 (anonymization) is not implemented yet: it needs the stage-1 generator and the "
+                    "identity/utility networks (issues 4-6). The phantom data is ready under --input.")
+
+
+def main(argv=None):
+    """Console-script entry point."""
+    return cli.main(args=argv, prog_name="gmia")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: synthetic phantoms, dataset adapters and preprocessing."""
