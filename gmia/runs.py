@@ -1,0 +1,98 @@
+"""Run directories that explain themselves.
+
+    OUT/config.json    written before step 1: the resolved config, gmia/torch/python versions, git SHA,
+                       sha256 of every input checkpoint, the command line
+    OUT/log.txt        what was printed
+    OUT/stats.jsonl    one JSON object per tick, flushed as it is written
+
+Resuming is rerunning the same command with --resume: the run folder is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+
+__all__ = ["environment", "write_config", "StatsWriter", "atomic_write_text", "atomic_write_json", "log"]
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Versions and hardware, for reproducibility records."""
+    return {
+        "gmia": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "git_sha": _git_sha(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+        "argv": sys.argv,
+    }
+
+
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def write_config(run_dir: str | os.PathLike, config, checkpoints: dict[str, str] | None = None, **extra) -> dict:
+    """Write ``run_dir/config.json`` (config + environment + checkpoint hashes) and return it."""
+    record = {"config": _jsonable(config), "environment": environment(), "checkpoints": checkpoints or {}, **extra}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(run_dir) / "config.json", record)
+    return record
+
+
+class StatsWriter:
+    """Appends one JSON line per call to ``stats.jsonl`` and flushes it at once (safe to tail or kill)."""
+
+    def __init__(self, run_dir: str | os.PathLike, name: str = "stats.jsonl"):
+        self.path = Path(run_dir) / name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **stats) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable({"time": round(time.time(), 3), **stats})) + "\n")
+            f.flush()
+
+
+def log(run_dir: str | os.PathLike | None, message: str) -> None:
+    """Print a line and append it to ``run_dir/log.txt``."""
+    print(message, flush=True)
+    if run_dir is not None:
+        with open(Path(run_dir) / "log.txt", "a") as f:
+            f.write(message + "\n")
