@@ -20,7 +20,7 @@ class PhantomSpec:
     """How a preset's synthetic benchmark is generated (``gmia phantom --preset P``)."""
 
     domain: str             # "cxr" or "face"
-    patients: int = 500     # split by patient: 70% train, 10% val, 20% test
+    patients: int = 1000    # split by patient: 70% train, 10% val, 20% test
     studies: int = 4        # studies (images) per patient
     size: int = 64          # pixels per side
     seed: int = 2026        # the documented benchmark seed
