@@ -11,10 +11,11 @@ from types import ModuleType
 
 from ...errors import ConfigError
 from .base import PhantomSet, patient_rng, study_rng
+from .memory import PhantomDataset
 from .splits import assign_splits
 from .writer import write
 
-__all__ = ["DOMAINS", "PhantomSet", "generate", "domain_module", "write", "assign_splits",
+__all__ = ["DOMAINS", "PhantomSet", "PhantomDataset", "generate", "domain_module", "write", "assign_splits",
            "patient_rng", "study_rng"]
 
 DOMAINS = ("cxr", "face")

@@ -1,0 +1,34 @@
+import pytest
+
+from gmia.config import PRESETS, PRIVACY_LEVELS, PhantomSpec, get_preset, margin_for, override
+from gmia.errors import ConfigError
+
+
+def test_presets_have_consistent_shapes():
+    assert get_preset("phantom-cxr64").channels == 1 and get_preset("phantom-face64").channels == 3
+    for p in PRESETS.values():
+        assert p.resolution in (64, 256)
+        assert (p.phantom is not None) == p.name.startswith("phantom")
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ConfigError, match="phantom-cxr64"):
+        get_preset("nope")
+
+
+def test_privacy_levels_are_monotone_and_margin_wins():
+    margins = [PRIVACY_LEVELS[k] for k in ("low", "medium", "high", "max")]
+    assert margins == sorted(margins, reverse=True)  # more privacy, lower allowed cosine
+    assert margin_for("max") == PRIVACY_LEVELS["max"]
+    assert margin_for("low", margin=-0.25) == -0.25
+    with pytest.raises(ConfigError, match=r"\[-1, 1\]"):
+        margin_for(margin=1.5)
+    with pytest.raises(ConfigError, match="valid levels"):
+        margin_for("extreme")
+
+
+def test_override_ignores_unset_flags_and_rejects_unknown_fields():
+    spec = PhantomSpec(domain="cxr")
+    assert override(spec, patients=7, seed=None) == PhantomSpec(domain="cxr", patients=7)
+    with pytest.raises(ConfigError, match="no field"):
+        override(spec, colour="red")
