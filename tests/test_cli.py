@@ -43,3 +43,21 @@ def test_phantom_command_writes_identical_bytes(tmp_path, domain):
         assert "wrote 10" in out.output
     assert len(list((tmp_path / "a" / "images").glob("*.png"))) == 10
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_import_checkpoint_refuses_a_malicious_pickle(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"G_ema": Payload()}))
+    out = _run("import-checkpoint", str(evil), str(tmp_path / "out"))
+    assert out.exit_code == 1
+    assert "os.system" in out.output and "Traceback" not in out.output
+    assert not marker.exists() and not (tmp_path / "out").exists()
