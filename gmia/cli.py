@@ -83,6 +83,16 @@ def anonymize(preset, input_dir, dataset, data_root, checkpoints, split, privacy
                     "identity/utility networks (issues 4-6). The phantom data is ready under --input.")
 
 
+def _register_subcommands() -> None:
+    """Commands that live beside their library code (each module keeps its own click wrappers thin)."""
+    from .cli_train import train
+
+    cli.add_command(train)
+
+
+_register_subcommands()
+
+
 def main(argv=None):
     """Console-script entry point."""
     return cli.main(args=argv, prog_name="gmia")

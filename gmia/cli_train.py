@@ -1,0 +1,82 @@
+"""`gmia train ...`: train the networks that score images (E_id, E_ut, MFM, attacker) on a phantom folder.
+
+Each command reads options, resolves the preset's training config, calls ``gmia.networks.training.train``
+and prints one summary line. Registered in ``gmia.cli`` with ``cli.add_command(train)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import click
+
+__all__ = ["train"]
+
+
+def _options(f):
+    """The options every `gmia train ROLE` command shares."""
+    opts = [
+        click.option("--preset", default="phantom-cxr64", show_default=True, help="Preset (image format + recipe)."),
+        click.option("--data", "data", type=click.Path(file_okay=False), default=None,
+                     help="Phantom folder (`gmia phantom`); default data/<preset>."),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Checkpoint folder; default checkpoints/<preset>. Rerun to resume."),
+        click.option("--epochs", type=int, default=None, help="Override the preset's epochs."),
+        click.option("--seed", type=int, default=None, help="Override the preset's seed."),
+        click.option("--batch-size", type=int, default=None, help="Override the preset's batch size."),
+        click.option("--lr", type=float, default=None, help="Override the preset's learning rate."),
+        click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ..."),
+        click.option("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 on a busy CPU)."),
+        click.option("--dry-run", is_flag=True, help="Print the resolved config and exit."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    return functools.reduce(lambda g, opt: opt(g), reversed(opts), f)
+
+
+def _run(role: str, preset, data, out, epochs, seed, batch_size, lr, device, threads, dry_run, quiet) -> None:
+    from .config import override
+    from .networks.training import get_train_config, train as train_network
+
+    cfg = override(get_train_config(preset, role), epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+                   device=device, threads=threads)
+    data = data or f"data/{preset}"
+    out = out or f"checkpoints/{preset}"
+    if dry_run:
+        click.echo(json.dumps({"data": data, "out": out, "config": dataclasses.asdict(cfg)}, indent=2))
+        return
+    click.echo(train_network(cfg, data=data, out=out, progress=not quiet).summary())
+
+
+@click.group()
+def train():
+    """Train the identity, utility, foundation-model and attacker networks of a preset."""
+
+
+@train.command()
+@_options
+def identity(**kw):
+    """E_id: patient-identity embedder (IResNet + ArcFace); test metrics: verification AUC, EER, rank-1."""
+    _run("identity", **kw)
+
+
+@train.command()
+@_options
+def utility(**kw):
+    """E_ut: multi-label finding classifier (+ lesion mask on faces); test metrics: AUROC, Dice."""
+    _run("utility", **kw)
+
+
+@train.command()
+@_options
+def mfm(**kw):
+    """MFM: label-free encoder (masked autoencoder); test metrics: linear identity and finding probes."""
+    _run("mfm", **kw)
+
+
+@train.command()
+@_options
+def attacker(**kw):
+    """The evaluation-only re-identifier (VGG-style + CosFace, own seed); never used by the optimizer."""
+    _run("attacker", **kw)

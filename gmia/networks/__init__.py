@@ -1,0 +1,93 @@
+"""The networks that score images, and one line to get each of them, frozen.
+
+    >>> from gmia import networks
+    >>> e_id = networks.load("phantom-cxr64", "identity")    # IdentityNet: embed(x) → (N, 512) unit norm
+    >>> e_ut = networks.load("phantom-cxr64", "utility")     # UtilityNet: features(x) (N, 512), logits(x)
+    >>> mfm = networks.load("phantom-cxr64", "mfm")          # MFMNet: features(x) (N, 512)
+    >>> atk = networks.load("phantom-cxr64", "attacker")     # AttackerNet, for evaluation only
+
+Every one takes float (N, 1|3, S, S) images in [0, 1] and adapts channels and size inside; ``load`` returns it
+in eval mode with ``requires_grad_(False)`` on its weights, still differentiable with respect to the input.
+
+Checkpoints live in ``<root>/<preset>/<role>.safetensors`` + ``<role>.json`` (gmia.checkpoints format). The
+roles are kept apart by class: an ``identity`` checkpoint must hold an identity class and an ``attacker``
+checkpoint an attacker class, so the evaluation-only attacker can never be loaded as the optimizer's E_id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import load_module, read_card, register_class
+from ..config import PRESETS as _PRESETS
+from ..errors import CheckpointError, ConfigError
+from .attacker import AttackerNet
+from .base import FrozenNet
+from .identity import IdentityNet
+from .mfm import MFMNet
+from .utility import UtilityNet
+from .xrv import XRVAutoencoder, XRVUtility
+
+__all__ = ["ROLES", "ROLE_CLASSES", "load", "checkpoint_dir", "FrozenNet", "IdentityNet", "UtilityNet", "MFMNet",
+           "AttackerNet", "XRVUtility", "XRVAutoencoder"]
+
+# Checkpoint class names (stored in cards) → classes. Explicit, so no class is ever resolved from a string.
+_CLASSES: dict[str, type[FrozenNet]] = {
+    "gmia.networks.IdentityNet": IdentityNet,
+    "gmia.networks.UtilityNet": UtilityNet,
+    "gmia.networks.MFMNet": MFMNet,
+    "gmia.networks.AttackerNet": AttackerNet,
+    "gmia.networks.XRVUtility": XRVUtility,
+    "gmia.networks.XRVAutoencoder": XRVAutoencoder,
+}
+for _name, _cls in _CLASSES.items():
+    register_class(_name, _cls)
+
+# The classes a checkpoint of each role may hold.
+ROLE_CLASSES: dict[str, tuple[type[FrozenNet], ...]] = {
+    "identity": (IdentityNet,),
+    "utility": (UtilityNet, XRVUtility),
+    "mfm": (MFMNet, XRVAutoencoder),
+    "attacker": (AttackerNet,),
+}
+ROLES = tuple(ROLE_CLASSES)
+
+
+def checkpoint_dir(preset: str, root: str | Path = "checkpoints") -> Path:
+    """Where ``load`` looks for the weights of ``preset``: ``<root>/<preset>``."""
+    return Path(root) / preset
+
+
+def load(preset: str, role: str, root: str | Path = "checkpoints", device: str | torch.device = "cpu") -> FrozenNet:
+    """The frozen ``role`` network of ``preset`` from ``<root>/<preset>/<role>.safetensors`` (+ ``.json``).
+
+    role: identity | utility | mfm | attacker. Unknown presets or roles list the valid ones; missing weights
+    say which file to provide and how to make it.
+    """
+    if preset not in _PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(_PRESETS)}")
+    if role not in ROLE_CLASSES:
+        raise ConfigError(f"unknown network role {role!r}; valid roles: {', '.join(ROLES)}")
+    folder = checkpoint_dir(preset, root)
+    weights, card_path = folder / f"{role}.safetensors", folder / f"{role}.json"
+    if not weights.is_file() or not card_path.is_file():
+        make = ("`make train-phantom` (or `gmia train {role} --preset {preset} --out {folder}`)"
+                if preset.startswith("phantom") else
+                f"`gmia train {role} --preset {preset} --data DIR --out {folder}`, or import torchxrayvision "
+                "weights with gmia.networks.xrv.import_xrv")
+        raise CheckpointError(f"no {role} network for preset {preset!r}: expected {weights} and {card_path.name}. "
+                              f"Make them with {make.format(role=role, preset=preset, folder=folder)}, "
+                              "or pass root=<folder holding <preset>/>.")
+    card = read_card(folder, role)
+    allowed = {n for n, c in _CLASSES.items() if c in ROLE_CLASSES[role]}
+    if card["class"] not in allowed:
+        raise CheckpointError(f"{card_path}: a {role} checkpoint must hold one of {sorted(allowed)}, found "
+                              f"{card['class']!r}; the {role} and the other roles are kept in separate checkpoints")
+    trained_for = card.get("meta", {}).get("preset")
+    if trained_for is not None and trained_for != preset:
+        raise CheckpointError(f"{card_path}: these weights were trained for preset {trained_for!r}, not {preset!r}; "
+                              f"put them under {checkpoint_dir(trained_for, root)}")
+    net = load_module(folder, role, device=device)
+    return net.frozen()

@@ -1,0 +1,48 @@
+"""Toy-sized versions of the real architectures, shared by the network tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from gmia.networks import AttackerNet, IdentityNet, MFMNet, UtilityNet
+
+TINY = {
+    "identity": (IdentityNet, dict(widths=(8, 16, 16), blocks=(1, 1, 1), stem_width=8, embed_dim=32)),
+    "utility": (UtilityNet, dict(num_findings=3, growth=4, blocks=(2, 2), init_features=8, feature_dim=16)),
+    "utility_seg": (UtilityNet, dict(num_findings=3, growth=4, blocks=(2, 2), init_features=8, feature_dim=16,
+                                     segment=True, decoder_width=8)),
+    "mfm": (MFMNet, dict(widths=(8, 16, 16), latent_channels=4, decoder=True, projection_dim=8)),
+    "attacker": (AttackerNet, dict(widths=(8, 16, 16), convs=(1, 1, 1), embed_dim=32)),
+}
+
+
+def tiny(kind: str, in_channels: int = 1, resolution: int = 32):
+    cls, kw = TINY[kind]
+    return cls(in_channels=in_channels, resolution=resolution, **kw)
+
+
+@pytest.fixture
+def tiny_net():
+    return tiny
+
+
+def tiny_kwargs(kind: str, in_channels: int = 1, resolution: int = 32) -> dict:
+    """The constructor kwargs of ``tiny(kind, ...)`` (what a checkpoint card stores)."""
+    return dict(in_channels=in_channels, resolution=resolution, **TINY[kind][1])
+
+
+@pytest.fixture
+def tiny_net_kwargs():
+    return tiny_kwargs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Toy networks gain nothing from intra-op threads, and on a busy shared CPU OpenMP barriers can make a
+    2-thread forward pass 100x slower than a 1-thread one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
