@@ -71,7 +71,7 @@ def utility(**kw):
 @train.command()
 @_options
 def mfm(**kw):
-    """MFM: label-free encoder (masked autoencoder); test metrics: linear identity and finding probes."""
+    """MFM: label-free encoder (SimCLR by default); test metrics: linear identity and finding probes."""
     _run("mfm", **kw)
 
 
