@@ -86,8 +86,11 @@ def anonymize(preset, input_dir, dataset, data_root, checkpoints, split, privacy
 def _register_subcommands() -> None:
     """Commands that live beside their library code (each module keeps its own click wrappers thin)."""
     from .cli_train import train
+    from .projection.cli import aegan, project
 
+    train.add_command(aegan)
     cli.add_command(train)
+    cli.add_command(project)
 
 
 _register_subcommands()

@@ -1,0 +1,90 @@
+"""Click commands of stage 1: ``aegan`` (for the ``gmia train`` group) and ``project`` (top level).
+
+Each reads options, resolves a config (flags override only what they set), and calls one library function;
+``--dry-run`` prints the resolved config. The lead wires them: ``train.add_command(aegan)``,
+``cli.add_command(project)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from .config import PERCEPTUAL_KINDS, PRESETS, ProjectionConfig, aegan_config, config_dict
+
+__all__ = ["aegan", "project"]
+
+_PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
+
+
+@click.command("aegan")
+@click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="Phantom or image folder; default data/<preset>.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder; rerun with --resume to continue.")
+@click.option("--kimg", type=float, default=None, help="Training length in thousands of images.")
+@click.option("--batch", type=int, default=None, help="Images per step.")
+@click.option("--latent", type=click.Choice(["w", "w+"]), default=None, help="W (published) or W+ encoder.")
+@click.option("--perceptual", type=_PERCEPTUAL, default=None, help="Perceptual term (auto: lpips if local, else MFM).")
+@click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None, help="torchvision AlexNet weights file.")
+@click.option("--split", default=None, help="Phantom split to train on (default train).")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--threads", type=int, default=None, help="CPU threads (1 is fastest on a busy, shared CPU).")
+@click.option("--resume", is_flag=True, help="Continue from the newest snapshot in --out.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, split, seed, device, threads, resume,
+          dry_run, quiet):
+    """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
+    from .project import open_images
+    from .training import train_aegan
+
+    cfg = aegan_config(preset, kimg=kimg, batch=batch, latent=latent, perceptual=perceptual,
+                       lpips_weights=lpips_weights, split=split, seed=seed)
+    data = data or f"data/{preset}"
+    if dry_run:
+        click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))
+        return
+    if threads:
+        torch.set_num_threads(threads)  # this process is the command's own
+    dataset = open_images(data, cfg.split, cfg.resolution, cfg.img_channels)
+    info = {"root": str(data), "split": cfg.split, "phantom": getattr(dataset, "card", None)}
+    result = train_aegan(cfg, dataset, out, resume=resume, device=device, progress=not quiet, data_info=info)
+    if result.interrupted:
+        raise SystemExit(130)
+
+
+@click.command("project")
+@click.option("--preset", default="phantom-cxr64", show_default=True, help="Preset whose stage-1 model to use.")
+@click.option("--input", "input_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Phantom folder or image folder.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
+              help="Folder with aegan.safetensors + aegan.json; default checkpoints/<preset>.")
+@click.option("--split", default=None, help="Phantom split to project (default: all images).")
+@click.option("--refine-steps", type=int, default=None, help="Adam steps on the codes after E(x) (0: encoder only).")
+@click.option("--refine-lr", type=float, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--perceptual", type=_PERCEPTUAL, default=None)
+@click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None)
+@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, batch_size, perceptual,
+            lpips_weights, device, dry_run, quiet):
+    """Project images to latent codes; write latents, reconstructions and metrics.json."""
+    from .project import run_projection
+
+    cfg = dataclasses.replace(ProjectionConfig(), **{k: v for k, v in dict(
+        refine_steps=refine_steps, refine_lr=refine_lr, batch_size=batch_size, perceptual=perceptual,
+        lpips_weights=lpips_weights, split=split).items() if v is not None})
+    checkpoint = Path(checkpoint or Path("checkpoints") / preset)
+    if dry_run:
+        click.echo(json.dumps({"input": input_dir, "out": out, "checkpoint": str(checkpoint), "preset": preset,
+                               "config": dataclasses.asdict(cfg)}, indent=2))
+        return
+    run_projection(cfg, preset, input_dir, out, checkpoint, device=device, progress=not quiet)

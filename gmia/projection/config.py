@@ -1,0 +1,192 @@
+"""Stage-1 (AE-GAN co-training) configuration: one typed dataclass and its presets.
+
+    cfg = aegan_config("phantom-cxr64", kimg=50, batch=8)   # flags override only what they set (None = unset)
+
+Presets
+-------
+``gmia-cxr256`` is the published run (GMIA ``auto25k --cogd --g_reg``; reference §3): E/G channel_base 16384,
+max 512, one w broadcast to 14 style inputs, images in [0, 1] raw, 10·MSE + 10·LPIPS(alex) + non-saturating GAN,
+R1 γ = 1 every 16 minibatches, path length 2 every 4, batch 128, Adam lr 0.0025 betas (0, 0.99), G_ema half-life
+20 kimg, flip + 15° rotation, 25 000 kimg scheduled (the shipped GMIA generator stopped at 6 854).
+
+The 64-px phantom presets are sized for a shared 2-core CPU. Measured on this machine (1 thread, batch 16,
+fwd + bwd, ms/image; ``experiments/bench_aegan_step.py`` prints the whole step):
+    channel_base/max   channels 4..64            E     G     D
+    2048 / 128         128,128,128,64,32        39    47    39
+    1024 / 128         128,128,64,32,16         19    22    16
+    4096 / 128         128,128,128,128,64      ~140 for E + G + D together (x3 the 2048 setting)
+One step runs D three times (fake in the G phase, real + fake in the D phase), so D dominates at equal
+capacity. We keep E and G at 2048/128 (reconstruction quality lives there: 32 channels at full resolution,
+128 from 16 px down) and halve D to 1024/128: the GAN term is an auxiliary sharpness prior here, the
+reconstruction terms carry the weight. λ_gan = 0.1 (GMIA: 1): measured on 840 chest phantoms without a
+perceptual term, λ_gan = 1 made the GAN term ~75% of the E + G loss and held the reconstruction back (grid SSIM
+0.36 at 5 kimg, MSE rising again as D won), while λ_gan = 0.1 tracked a pure autoencoder (SSIM 0.41 vs 0.42 at
+3 kimg). Path-length regularisation is off (an extra double backward through G on half the batch every 4
+steps, ~+15% per image by the costs above; it shapes the latent space, which reconstruction does not need).
+Batch 16 (more updates per kimg than 32 at the same cost per image); R1 γ from the StyleGAN2-ADA "auto" rule
+0.0002·R²/batch ≈ 0.05; EMA half-life batch·10/32 = 5 kimg with ramp-up 0.05. Augmentation: the phantoms already
+vary pose per study, so only mild extras: ±5° rotation for chest (no flip: laterality is anatomy), horizontal
+flip for faces. Whole step on the shared CPU (MFM-sized perceptual net included): 110-170 ms/image with 1
+thread (20-30 kimg/h); with 2 threads while other jobs ran, 700 ms/image: train with ``--threads 1`` there.
+
+``tiny`` is a toy-sized real architecture for tests (16 px, 16 channels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gmia.config import override
+from gmia.errors import ConfigError
+
+__all__ = ["AeganConfig", "ARCHITECTURE_FIELDS", "PERCEPTUAL_KINDS", "PRESETS", "ProjectionConfig", "aegan_config",
+           "config_dict"]
+
+PERCEPTUAL_KINDS = ("auto", "lpips", "mfm", "none")
+
+
+@dataclass(frozen=True)
+class AeganConfig:
+    """Everything that defines a stage-1 run. ``preset`` names the gmia preset (its MFM, its checkpoints)."""
+
+    # interface (from the data)
+    preset: str | None                  # gmia preset this run belongs to (None: a stand-alone config)
+    resolution: int                     # image side R
+    img_channels: int                   # 1 (X-ray) or 3 (face)
+    # architecture
+    latent: str = "w"                   # "w" (one w for all layers, published) or "w+" (one w per layer)
+    w_dim: int = 512                    # latent width
+    channel_base: int = 16384           # E and G channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 512
+    d_channel_base: int | None = None   # D capacity (None: same as E and G)
+    d_channel_max: int | None = None
+    use_noise: bool = True              # per-pixel noise in G (random while training, const at inference)
+    conv_clamp: float | None = None     # clamp conv outputs (GMIA: 256)
+    image_range: str = "signed"         # networks' pixel range: "signed" [-1, 1] or "unit" [0, 1] (GMIA)
+    mbstd_group: int = 4                # D minibatch-std group size
+    # losses
+    lambda_gan: float = 1.0             # non-saturating GAN term for E + G
+    lambda_mse: float = 10.0            # pixel MSE
+    lambda_perc: float = 10.0           # perceptual term
+    perceptual: str = "auto"            # "auto" (lpips if its backbone is local, else the preset's MFM), "lpips",
+    #                                     "mfm", "none" (no perceptual term)
+    lpips_weights: str | None = None    # torchvision AlexNet weights file for lpips (never downloaded)
+    r1_gamma: float = 1.0               # R1 weight γ (penalty γ/2 · |∇D(x)|²)
+    r1_interval: int = 16               # lazy R1: every this many minibatches (0: off)
+    pl_weight: float = 0.0              # path-length weight (0: off)
+    pl_interval: int = 4                # lazy path length: every this many minibatches
+    pl_batch_shrink: int = 2            # path length on batch // this
+    pl_decay: float = 0.01              # running-mean decay of the path length
+    # optimization
+    batch: int = 16                     # images per step, all ranks together
+    lr: float = 0.0025                  # Adam learning rate (E + G share one Adam; D has its own)
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+    ema_kimg: float = 5.0               # half-life of the EMA of E and G, in kimg
+    ema_rampup: float | None = 0.05     # EMA half-life <= this fraction of the images seen (None: off)
+    # augmentation (applied to the real batch; E reconstructs what it sees)
+    aug_hflip: bool = False             # random horizontal flip, p = 0.5
+    aug_rotate: float = 0.0             # random rotation, uniform in ±this many degrees (reflection padding)
+    # schedule and records
+    kimg: float = 200.0                 # training length in thousands of images
+    tick_kimg: float = 1.0              # status line + stats.jsonl every this many kimg
+    snapshot_ticks: int = 10            # training-state snapshot every this many ticks (and at the end)
+    grid_ticks: int = 5                 # real | reconstruction PNG grid every this many ticks
+    grid_images: int = 16               # images in the grid (fixed, seeded choice)
+    keep_snapshots: int = 2             # older training-state snapshots are deleted
+    export_dtype: str = "float16"       # storage dtype of the exported checkpoint ("float32" or "float16")
+    export_discriminator: bool = False  # also export D (for membership-inference audits)
+    seed: int = 0                       # weights, data order, augmentation, noise
+    split: str | None = "train"         # data split to train on (phantom folders; None: all images)
+    cache_mb: int = 2048                # keep the training images in memory when they fit in this many MB
+
+    def __post_init__(self):
+        checks = [
+            (self.latent in ("w", "w+"), f"latent must be 'w' or 'w+', got {self.latent!r}"),
+            (self.image_range in ("signed", "unit"), f"image_range must be 'signed' or 'unit', got {self.image_range!r}"),
+            (self.perceptual in PERCEPTUAL_KINDS, f"perceptual must be one of {PERCEPTUAL_KINDS}, got {self.perceptual!r}"),
+            (self.img_channels in (1, 3), f"img_channels must be 1 or 3, got {self.img_channels}"),
+            (self.resolution >= 8 and self.resolution & (self.resolution - 1) == 0,
+             f"resolution must be a power of two >= 8, got {self.resolution}"),
+            (self.batch >= 1 and self.kimg >= 0 and self.tick_kimg > 0, "batch >= 1, kimg >= 0 and tick_kimg > 0"),
+            (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
+            (self.pl_weight == 0 or self.batch // self.pl_batch_shrink >= 1, "pl_batch_shrink leaves no images"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"AeganConfig: {message}")
+
+    @property
+    def model_kwargs(self) -> dict:
+        """Constructor kwargs of the AEGAN (E + G)."""
+        return dict(img_resolution=self.resolution, img_channels=self.img_channels, w_dim=self.w_dim,
+                    latent=self.latent, channel_base=self.channel_base, channel_max=self.channel_max,
+                    use_noise=self.use_noise, conv_clamp=self.conv_clamp, image_range=self.image_range)
+
+    @property
+    def d_capacity(self) -> dict:
+        """D's channel_base / channel_max (defaulting to E and G's)."""
+        return dict(channel_base=self.d_channel_base or self.channel_base,
+                    channel_max=self.d_channel_max or self.channel_max)
+
+
+# Fields that fix the networks or the meaning of a training step: a snapshot resumes only when they match.
+ARCHITECTURE_FIELDS = ("resolution", "img_channels", "latent", "w_dim", "channel_base", "channel_max",
+                       "d_channel_base", "d_channel_max", "use_noise", "conv_clamp", "image_range", "mbstd_group",
+                       "batch", "seed", "r1_interval", "pl_interval", "pl_weight", "split")
+
+_PHANTOM64 = dict(resolution=64, latent="w", w_dim=512, channel_base=2048, channel_max=128, d_channel_base=1024,
+                  d_channel_max=128, lambda_gan=0.1, batch=16, r1_gamma=0.05, r1_interval=16, pl_weight=0.0, ema_kimg=5.0,
+                  ema_rampup=0.05, kimg=200.0, tick_kimg=1.0, snapshot_ticks=10, grid_ticks=5)
+
+PRESETS: dict[str, AeganConfig] = {
+    "phantom-cxr64": AeganConfig(preset="phantom-cxr64", img_channels=1, aug_rotate=5.0, **_PHANTOM64),
+    "phantom-face64": AeganConfig(preset="phantom-face64", img_channels=3, aug_hflip=True, **_PHANTOM64),
+    "gmia-cxr256": AeganConfig(
+        preset="gmia-cxr256", resolution=256, img_channels=1, latent="w", w_dim=512, channel_base=16384,
+        channel_max=512, conv_clamp=256, image_range="unit", lambda_mse=10.0, lambda_perc=10.0,
+        perceptual="lpips", r1_gamma=1.0, r1_interval=16, pl_weight=2.0, pl_interval=4, batch=128, lr=0.0025,
+        ema_kimg=20.0, ema_rampup=None, aug_hflip=True, aug_rotate=15.0, kimg=25000.0, tick_kimg=4.0,
+        snapshot_ticks=50, grid_ticks=50, export_dtype="float32",
+    ),
+    "tiny": AeganConfig(
+        preset=None, resolution=16, img_channels=1, w_dim=32, channel_base=256, channel_max=16, mbstd_group=2,
+        perceptual="none", lambda_perc=0.0, r1_gamma=0.1, r1_interval=2, pl_weight=2.0, pl_interval=2, batch=4,
+        ema_kimg=0.01, ema_rampup=None, kimg=0.032, tick_kimg=0.008, snapshot_ticks=2, grid_ticks=1,
+        grid_images=4, keep_snapshots=10, export_dtype="float32",
+    ),
+}
+
+
+def aegan_config(name: str, **overrides) -> AeganConfig:
+    """The preset ``name`` with the given fields replaced (``None`` values are ignored: unset flags)."""
+    if name not in PRESETS:
+        raise ConfigError(f"no stage-1 config for preset {name!r}; valid: {', '.join(PRESETS)}")
+    return override(PRESETS[name], **overrides)
+
+
+def config_dict(cfg: AeganConfig) -> dict:
+    """The config as a JSON-ready dict."""
+    d = dataclasses.asdict(cfg)
+    d["betas"] = list(d["betas"])
+    return d
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """``gmia project``: encoder codes, optionally refined by Adam on λ_mse·MSE + λ_perc·perceptual."""
+
+    refine_steps: int = 0               # 0: encoder only
+    refine_lr: float = 0.03             # Adam lr on the codes, cosine ramp-down to 0 (measured: 0.01-0.1 ok)
+    lambda_mse: float = 1.0
+    lambda_perc: float = 1.0
+    perceptual: str = "auto"            # as in AeganConfig; "auto" falls back to no perceptual term (logged)
+    lpips_weights: str | None = None
+    batch_size: int = 32                # images per batch (results do not depend on it)
+    split: str | None = None            # phantom folders: the split to project (None: all)
+
+    def __post_init__(self):
+        if self.refine_steps < 0 or self.batch_size < 1 or self.perceptual not in PERCEPTUAL_KINDS:
+            raise ConfigError(f"ProjectionConfig: need refine_steps >= 0, batch_size >= 1 and perceptual in "
+                              f"{PERCEPTUAL_KINDS}; got {self.refine_steps}, {self.batch_size}, {self.perceptual!r}")

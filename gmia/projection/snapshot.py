@@ -1,0 +1,121 @@
+"""Training-state snapshots of stage 1, as safetensors (never a pickle).
+
+``training-state-<kimg>.safetensors`` holds every tensor needed to continue bit for bit: ``G/``, ``G_ema/``,
+``D/`` state dicts, ``opt_G/`` and ``opt_D/`` Adam states (``<prefix>/<param index>/<name>``), the training
+generator's state ``rng/train``, the CPU default generator ``rng/torch_cpu`` and ``pl_mean``. Its metadata
+("state", JSON) holds the counters, the optimizers' param groups, the config and the data fingerprint.
+Files are written to a temporary name and renamed, so a kill never leaves half a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gmia.errors import CheckpointError, ConfigError
+
+from .config import ARCHITECTURE_FIELDS, AeganConfig, config_dict
+
+__all__ = ["SNAPSHOT_FORMAT", "find_snapshot", "load_snapshot", "save_snapshot"]
+
+SNAPSHOT_FORMAT = "gmia-aegan-state/1"
+_PATTERN = "training-state-*.safetensors"
+
+
+def _module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{k}": v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, entry in sd["state"].items():
+        for name, value in entry.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{prefix}/{pid}/{name}"] = value.detach().cpu().clone().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def find_snapshot(run_dir: str | Path) -> Path | None:
+    """The newest training-state snapshot in ``run_dir`` (names sort by progress), or None."""
+    found = sorted(Path(run_dir).glob(_PATTERN)) if Path(run_dir).is_dir() else []
+    return found[-1] if found else None
+
+
+def save_snapshot(run_dir: Path, nets, cfg: AeganConfig, state: dict, fingerprint: str, keep: int = 2) -> Path:
+    """Write the snapshot for ``state["nimg"]``; delete all but the newest ``keep``."""
+    tensors = {}
+    for prefix, module in (("G", nets.G), ("G_ema", nets.G_ema), ("D", nets.D)):
+        tensors.update(_module_tensors(prefix, module))
+    groups = {}
+    for prefix, opt in (("opt_G", nets.opt_G), ("opt_D", nets.opt_D)):
+        t, groups[prefix] = _optimizer_tensors(prefix, opt)
+        tensors.update(t)
+    tensors["rng/train"] = nets.gen.get_state().clone()
+    tensors["rng/torch_cpu"] = torch.get_rng_state().clone()
+    tensors["pl_mean"] = nets.pl_mean.detach().cpu().clone().reshape(1)
+    meta = {"format": SNAPSHOT_FORMAT, "state": state, "param_groups": groups, "config": config_dict(cfg),
+            "fingerprint": fingerprint}
+    path = Path(run_dir) / f"training-state-{state['nimg'] / 1000:010.3f}.safetensors"
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": SNAPSHOT_FORMAT, "state": json.dumps(meta)})
+    os.replace(tmp, path)
+    for old in sorted(Path(run_dir).glob(_PATTERN))[:-max(keep, 1)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _load_module(module: torch.nn.Module, prefix: str, tensors: dict, path: Path) -> None:
+    sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: {prefix} does not fit the configured network: {str(exc)[:300]}") from None
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, groups: list, device) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "/"):
+            pid, name = key[len(prefix) + 1:].split("/", 1)
+            # Adam keeps ``step`` on the CPU (unless capturable/fused), the moments with their parameter
+            state.setdefault(int(pid), {})[name] = value if name == "step" else value.to(device)
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
+    """Restore ``nets`` from ``path`` in place and return the loop counters. Refuses a snapshot made with
+    other networks, batch, seed or data (the resumed run would not be the same run)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: unreadable snapshot ({exc}); delete it to resume from an older one") from None
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise CheckpointError(f"{path}: not a {SNAPSHOT_FORMAT} snapshot")
+    saved, now = meta["config"], config_dict(cfg)
+    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in ARCHITECTURE_FIELDS if saved.get(k) != now[k]]
+    if diff:
+        raise ConfigError(f"{path}: cannot resume with a different setup ({'; '.join(diff)}); use the original "
+                          "options or a new --out")
+    if meta["fingerprint"] != fingerprint:
+        raise ConfigError(f"{path}: the snapshot was trained on other data ({meta['fingerprint']} vs {fingerprint}); "
+                          "resume with the same --data and split")
+    device = nets.pl_mean.device
+    for prefix, module in (("G", nets.G), ("G_ema", nets.G_ema), ("D", nets.D)):
+        _load_module(module, prefix, tensors, path)
+    _load_optimizer(nets.opt_G, "opt_G", tensors, meta["param_groups"]["opt_G"], device)
+    _load_optimizer(nets.opt_D, "opt_D", tensors, meta["param_groups"]["opt_D"], device)
+    nets.gen.set_state(tensors["rng/train"])
+    torch.set_rng_state(tensors["rng/torch_cpu"])
+    nets.pl_mean.copy_(tensors["pl_mean"].reshape([]).to(device))
+    return dict(meta["state"])

@@ -1,0 +1,297 @@
+"""Stage-1 training: E and G co-trained against D (GMIA "co-training"), StyleGAN2-ADA recipe (spec §7).
+
+    result = train_aegan(aegan_config("phantom-cxr64"), open_images("data/phantom-cxr64", "train", 64, 1), "runs/x")
+
+One iteration (``training_step``), in the official phase order, each phase with its own optimizer step:
+  Gmain  E + G:  λ_gan·softplus(-D(G(E(x)))) + λ_mse·MSE + λ_perc·perceptual     (every step)
+  Greg   E + G:  path length on ws = E(x), weight·interval                      (every pl_interval, if on)
+  Dmain  D:      softplus(D(fake)) + softplus(-D(x)); fake = the Gmain reconstruction (detached, reused
+                 to save one E + G forward per step)                            (every step)
+  Dreg   D:      R1 γ/2·|∇D(x)|², ·interval                                     (every r1_interval)
+then the EMA of E and G. Lazy phases scale Adam's lr and β by interval/(interval+1). x is the augmented real
+batch (E reconstructs what it sees).
+
+Run folder: config.json (before step 1), log.txt, stats.jsonl (one line per tick), grid-<kimg>.png
+(real | G_ema(E_ema(x)) on fixed images), training-state-<kimg>.safetensors (everything needed to resume
+exactly: weights, EMA, Adam states, RNG, counters; never a pickle), checkpoint/ (the export: ``aegan`` =
+E_ema + G_ema, optionally ``discriminator``). Resuming is rerunning with ``resume=True``. Data order, augmentation
+and noise come from seeded generators whose state is in the snapshot, so an interrupted and resumed run ends
+with the same weights as an uninterrupted one. SIGINT stops after the current step and writes a snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import kornia
+import torch
+from tqdm import tqdm
+
+from gmia.checkpoints import save_module
+from gmia.data.datasets import ImageDataset
+from gmia.errors import ConfigError
+from gmia.runs import StatsWriter, environment, log, write_config
+
+from .config import AeganConfig, config_dict
+from .losses import (PerceptualLoss, ReconstructionLoss, build_perceptual, d_logistic_loss, g_nonsaturating_loss,
+                     path_length_penalty, path_lengths, r1_penalty)
+from .model import AEGAN, build_discriminator
+from .project import reconstruction_metrics, save_grid
+from .snapshot import find_snapshot, load_snapshot, save_snapshot
+from .runtime import ImageSource, RankContext, StopFlag
+
+__all__ = ["Networks", "TrainResult", "augment", "train_aegan", "training_step"]
+
+
+@dataclass
+class Networks:
+    """What one training step touches. ``pl_mean`` and ``gen`` (all training randomness) are saved too."""
+
+    G: AEGAN                    # E + G being trained
+    G_ema: AEGAN                # their moving average (the exported model)
+    D: torch.nn.Module
+    opt_G: torch.optim.Optimizer  # one Adam for E and G together
+    opt_D: torch.optim.Optimizer
+    gen: torch.Generator        # augmentation, synthesis noise, path-length noise
+    pl_mean: torch.Tensor       # running mean of the path length ()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    kimg: float                 # images seen / 1000
+    seconds: float              # training time, all sessions
+    interrupted: bool           # stopped by SIGINT (a snapshot was written; resume to continue)
+    checkpoint_dir: Path | None  # the export (None when interrupted)
+    stats: dict                 # the last tick's stats
+
+
+def _lazy(cfg: AeganConfig, interval: int, enabled: bool) -> dict:
+    """Adam kwargs adjusted for a lazily regularised network (StyleGAN2: lr·r, β^r, r = k/(k+1))."""
+    r = interval / (interval + 1) if enabled and interval > 0 else 1.0
+    return dict(lr=cfg.lr * r, betas=(cfg.betas[0] ** r, cfg.betas[1] ** r), eps=cfg.eps)
+
+
+def build_networks(cfg: AeganConfig, device: torch.device, rank: int = 0) -> tuple[Networks, dict]:
+    """Fresh networks seeded by ``cfg.seed`` (identical on every rank); returns (networks, D kwargs)."""
+    torch.manual_seed(cfg.seed)
+    G = AEGAN(**cfg.model_kwargs).to(device).train()
+    D, d_kwargs = build_discriminator({**cfg.model_kwargs, **cfg.d_capacity}, cfg.mbstd_group)
+    D = D.to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), **_lazy(cfg, cfg.pl_interval, cfg.pl_weight > 0))
+    opt_D = torch.optim.Adam(D.parameters(), **_lazy(cfg, cfg.r1_interval, cfg.r1_gamma > 0))
+    gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank + 1)
+    return Networks(G, G_ema, D, opt_G, opt_D, gen, torch.zeros([], device=device)), d_kwargs
+
+
+def augment(x: torch.Tensor, cfg: AeganConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip (p 0.5) and rotation (±cfg.aug_rotate degrees, reflection padding), per image."""
+    n = x.shape[0]
+    if cfg.aug_hflip:
+        flip = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], kornia.geometry.transform.hflip(x), x)
+    if cfg.aug_rotate:
+        angle = ((torch.rand(n, generator=gen, device=gen.device) * 2 - 1) * cfg.aug_rotate).to(x.device)
+        x = kornia.geometry.transform.rotate(x, angle, padding_mode="reflection")
+    return x
+
+
+def _apply(opt: torch.optim.Optimizer, module: torch.nn.Module, ctx: RankContext) -> None:
+    """Average gradients over ranks, clean non-finite values (as StyleGAN2-ADA), step."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    ctx.average_gradients(params)
+    for p in params:
+        torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, recon_loss: ReconstructionLoss,
+                  ctx: RankContext) -> dict[str, float]:
+    """One iteration on the (augmented) real batch x (N, C, R, R) in [0, 1]; returns the batch-mean losses."""
+    G, D, gen = nets.G, nets.D, nets.gen
+    stats = {}
+    # Gmain: reconstruction + non-saturating GAN term, E and G together
+    G.requires_grad_(True)
+    D.requires_grad_(False)
+    y = G.synthesis(G.broadcast(G.encode(x)), noise_mode="random", noise_generator=gen)  # networks' range
+    x_hat = G.from_internal(y)
+    rec, terms = recon_loss(x_hat, x)
+    loss = rec
+    if cfg.lambda_gan:
+        gan = g_nonsaturating_loss(D(y))
+        loss = loss + cfg.lambda_gan * gan
+        stats["G/gan"] = gan.mean().item()
+    loss.mean().backward()
+    _apply(nets.opt_G, G, ctx)
+    stats.update({f"G/{k}": v.mean().item() for k, v in terms.items()})
+    stats["G/loss"] = loss.mean().item()
+    # Greg: path-length regularisation w.r.t. the encoder's ws
+    if cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
+        n = max(x.shape[0] // cfg.pl_batch_shrink, 1)
+        ws = G.broadcast(G.encode(x[:n]))
+        lengths = path_lengths(G.synthesis(ws, noise_mode="random", noise_generator=gen), ws, gen)
+        nets.pl_mean.copy_(nets.pl_mean.lerp(ctx.mean(lengths.mean().detach()), cfg.pl_decay))
+        penalty = path_length_penalty(lengths, nets.pl_mean)
+        (penalty.mean() * cfg.pl_weight * cfg.pl_interval).backward()
+        _apply(nets.opt_G, G, ctx)
+        stats["G/pl_penalty"] = penalty.mean().item()
+    # Dmain: logistic loss on the real batch and the (detached) reconstructions
+    G.requires_grad_(False)
+    D.requires_grad_(True)
+    real = G.to_internal(x).detach()
+    real_logits, fake_logits = D(real), D(y.detach())
+    d_loss = d_logistic_loss(real_logits, fake_logits)
+    d_loss.mean().backward()
+    _apply(nets.opt_D, D, ctx)
+    stats.update({"D/loss": d_loss.mean().item(), "D/real": real_logits.mean().item(),
+                  "D/fake": fake_logits.mean().item()})
+    # Dreg: lazy R1 on the reals
+    if cfg.r1_gamma > 0 and cfg.r1_interval > 0 and step % cfg.r1_interval == 0:
+        real = real.requires_grad_(True)
+        penalty = r1_penalty(D(real), real)
+        (penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval).backward()
+        _apply(nets.opt_D, D, ctx)
+        stats["D/r1"] = penalty.mean().item()
+    G.requires_grad_(True)
+    return stats
+
+
+@torch.no_grad()
+def update_ema(nets: Networks, cfg: AeganConfig, nimg: int) -> None:
+    """p_ema <- lerp(p, p_ema, β), β = 0.5^(batch / half-life in images); buffers are copied."""
+    ema_nimg = cfg.ema_kimg * 1000
+    if cfg.ema_rampup is not None:
+        ema_nimg = min(ema_nimg, nimg * cfg.ema_rampup)
+    beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+    for p_ema, p in zip(nets.G_ema.parameters(), nets.G.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(nets.G_ema.buffers(), nets.G.buffers()):
+        b_ema.copy_(b)
+
+
+def _fmt_time(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _export(nets: Networks, d_kwargs: dict, cfg: AeganConfig, run_dir: Path, state: dict, data_info: dict,
+            metrics: dict) -> Path:
+    out = run_dir / "checkpoint"
+    env = environment()
+    meta = {"stage": "aegan", "preset": cfg.preset, "command": " ".join(env["argv"]), "kimg": state["nimg"] / 1000,
+            "training_seconds": round(state["elapsed"], 1), "hardware": env["device"], "environment": env,
+            "data": data_info, "metrics": {"train_grid": metrics}, "config": config_dict(cfg),
+            "image_range": [0.0, 1.0]}
+    dtype = torch.float16 if cfg.export_dtype == "float16" else None
+    save_module(nets.G_ema, nets.G_ema.init_kwargs, out, "aegan", meta=meta, dtype=dtype)
+    if cfg.export_discriminator:
+        save_module(nets.D, d_kwargs, out, "discriminator", meta={**meta, "role": "discriminator"}, dtype=dtype)
+    return out
+
+
+def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, resume: bool = False,
+                perceptual: PerceptualLoss | None = None, device: str | torch.device | None = None,
+                progress: bool = True, data_info: dict | None = None) -> TrainResult:
+    """Train E, G (and D) for ``cfg.kimg`` thousand images on ``dataset`` (samples' "image" (C, R, R) in [0, 1]).
+
+    perceptual: a PerceptualLoss to use instead of ``build_perceptual(cfg.perceptual, cfg.preset, ...)``.
+    resume: continue from the newest snapshot in ``run_dir`` (start fresh if there is none).
+    """
+    # ---- set up
+    run_dir = Path(run_dir)
+    ctx = RankContext.from_env(device)
+    snapshot = find_snapshot(run_dir)
+    if snapshot is not None and not resume:
+        raise ConfigError(f"{run_dir} already holds a run ({snapshot.name}); pass --resume to continue it, or "
+                          "choose a new --out")
+    if perceptual is None and cfg.lambda_perc:
+        perceptual = build_perceptual(cfg.perceptual, cfg.preset, cfg.lpips_weights, ctx.device)
+    recon_loss = ReconstructionLoss(cfg.lambda_mse, cfg.lambda_perc, perceptual).to(ctx.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say = (lambda msg: log(run_dir, msg)) if ctx.is_main else (lambda msg: None)
+    # ---- data
+    source = ImageSource(dataset, cfg, ctx)
+    data_info = {**(data_info or {}), "images": len(source), "fingerprint": source.fingerprint}
+    grid_x = source.grid_images(cfg.grid_images)
+    # ---- networks
+    nets, d_kwargs = build_networks(cfg, ctx.device, ctx.rank)
+    state = {"nimg": 0, "step": 0, "tick": 0, "elapsed": 0.0}
+    # ---- resume
+    if snapshot is not None:
+        state = load_snapshot(snapshot, nets, cfg, source.fingerprint)
+        say(f"resumed from {snapshot.name} at {state['nimg'] / 1000:.3f} kimg")
+    elif ctx.is_main:
+        checkpoints = {} if perceptual is None else {f"perceptual:{perceptual.name}": perceptual.sha256 or "n/a"}
+        write_config(run_dir, config_dict(cfg), checkpoints=checkpoints, data=data_info, stage="aegan")
+        say(f"training stage 1 (AE-GAN) on {len(source)} images, {cfg.kimg:g} kimg, batch {cfg.batch}, "
+            f"latent {cfg.latent}, perceptual {perceptual.name if perceptual else 'none'} -> {run_dir}")
+    stats_writer = StatsWriter(run_dir) if ctx.is_main else None
+    total_nimg = int(round(cfg.kimg * 1000))
+    tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
+    sums, count, last_stats, metrics = {}, 0, {}, {}
+    tick_start_time = time.time()
+    bar = tqdm(total=total_nimg, initial=min(state["nimg"], total_nimg), unit="img", unit_scale=True,
+               desc="aegan", disable=not (progress and ctx.is_main), dynamic_ncols=True)
+    # ---- loop
+    with StopFlag(say) as stop:
+        while state["nimg"] < total_nimg:
+            step_start = time.time()
+            x = augment(source.batch(state["step"]), cfg, nets.gen)
+            losses = training_step(nets, x, state["step"], cfg, recon_loss, ctx)
+            update_ema(nets, cfg, state["nimg"])
+            state["nimg"] += cfg.batch
+            state["step"] += 1
+            state["elapsed"] += time.time() - step_start
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(cfg.batch)
+            bar.set_postfix_str(f"kimg {state['nimg'] / 1000:.2f} mse {losses['G/mse']:.4f} "
+                                f"D {losses['D/loss']:.3f}", refresh=False)
+            done = state["nimg"] >= total_nimg
+            interrupted = ctx.any(stop.requested)
+            if not (done or interrupted or state["nimg"] >= (state["tick"] + 1) * tick_nimg):
+                continue
+            # per tick: status, grid, stats, snapshot
+            if state["nimg"] >= (state["tick"] + 1) * tick_nimg or done:
+                state["tick"] = state["nimg"] // tick_nimg
+                tick_time = time.time() - tick_start_time
+                tick_start_time = time.time()
+                last_stats = {k: ctx.mean_float(v / count) for k, v in sums.items()}
+                sums, count = {}, 0
+                if ctx.is_main:  # fidelity of G_ema(E_ema(x)) on the fixed grid images, every tick (cheap)
+                    with torch.no_grad():
+                        recon = nets.G_ema.reconstruct(grid_x)
+                    metrics = {k: round(float(v.mean()), 5) for k, v in reconstruction_metrics(recon, grid_x).items()}
+                    if state["tick"] % cfg.grid_ticks == 0 or done:
+                        save_grid(grid_x, recon, run_dir / f"grid-{state['nimg'] / 1000:010.3f}.png")
+                if ctx.is_main:
+                    record = {"tick": state["tick"], "kimg": state["nimg"] / 1000, "sec_per_tick": round(tick_time, 2),
+                              "sec_per_kimg": round(state["elapsed"] / max(state["nimg"], 1) * 1000, 2),
+                              **{k: round(v, 6) for k, v in last_stats.items()},
+                              **{f"grid/{k}": v for k, v in metrics.items()}}
+                    stats_writer.write(**record)
+                    say(f"tick {state['tick']:<5d} kimg {state['nimg'] / 1000:<9.3f} time {_fmt_time(state['elapsed']):<10s}"
+                        f" sec/tick {tick_time:<7.1f} mse {last_stats.get('G/mse', float('nan')):.5f} "
+                        f"D {last_stats.get('D/loss', float('nan')):.3f} grid ssim {metrics.get('ssim', float('nan')):.4f}")
+            if ctx.is_main and (done or interrupted or state["tick"] % cfg.snapshot_ticks == 0):
+                save_snapshot(run_dir, nets, cfg, state, source.fingerprint, keep=cfg.keep_snapshots)
+            if interrupted:
+                break
+    bar.close()
+    interrupted = state["nimg"] < total_nimg
+    checkpoint_dir = None
+    if not interrupted and ctx.is_main:
+        checkpoint_dir = _export(nets, d_kwargs, cfg, run_dir, state, data_info, metrics)
+    ctx.barrier()
+    verb = "interrupted" if interrupted else "done"
+    tail = f"snapshot written; rerun with --resume to continue" if interrupted else f"exported to {checkpoint_dir}"
+    say(f"{verb}: {state['nimg'] / 1000:.3f} kimg in {_fmt_time(state['elapsed'])}, train-grid ssim "
+        f"{metrics.get('ssim', float('nan')):.4f} psnr {metrics.get('psnr', float('nan')):.2f}; {tail}")
+    return TrainResult(run_dir, state["nimg"] / 1000, state["elapsed"], interrupted, checkpoint_dir,
+                       {**last_stats, **{f"grid/{k}": v for k, v in metrics.items()}})

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from gmia.errors import ConfigError
+from gmia.projection import load_aegan, train_aegan
+from gmia.projection.config import aegan_config
+from gmia.projection.snapshot import find_snapshot
+
+from .conftest import SigintAfter
+
+
+def _weights(run_dir):
+    """Every tensor of the newest snapshot (G, G_ema, D, Adam states, RNG)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(find_snapshot(run_dir)))
+
+
+def _assert_same(a, b):
+    skip = ("rng/torch_cpu",)
+    assert set(a) == set(b)
+    bad = [k for k in a if k not in skip and not torch.equal(a[k], b[k])]
+    assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def test_one_tick_writes_the_run_folder(tiny_cfg, tiny_data, perceptual, tmp_path):
+    cfg = aegan_config("tiny", kimg=0.008, lambda_perc=1.0, export_discriminator=True)
+    result = train_aegan(cfg, tiny_data, tmp_path, perceptual=perceptual, progress=False)
+    assert not result.interrupted and result.kimg == pytest.approx(0.008)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["batch"] == 4
+    lines = [json.loads(s) for s in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["tick"] == 1 and {"G/mse", "G/tiny", "D/loss", "D/r1", "G/pl_penalty",
+                                                         "grid/ssim"} <= set(lines[0])
+    grid = sorted(tmp_path.glob("grid-*.png"))
+    assert len(grid) == 1 and Image.open(grid[0]).size == (2 * 2 * 16, 2 * 16)  # 4 pairs, 2 x 2
+    assert find_snapshot(tmp_path) is not None
+    assert "done: 0.008 kimg" in (tmp_path / "log.txt").read_text()
+    model = load_aegan(result.checkpoint_dir)
+    card = json.loads((result.checkpoint_dir / "aegan.json").read_text())
+    assert card["meta"]["kimg"] == pytest.approx(0.008) and "hardware" in card["meta"]
+    assert (result.checkpoint_dir / "discriminator.safetensors").is_file()
+    assert model.reconstruct(torch.rand(2, 1, 16, 16)).shape == (2, 1, 16, 16)
+    with pytest.raises(ConfigError, match="--resume"):
+        train_aegan(cfg, tiny_data, tmp_path, perceptual=perceptual, progress=False)
+
+
+def test_resume_is_exact(tiny_cfg, tiny_data, perceptual, tmp_path):
+    """8 steps straight == 4 steps, stop, resume for 4 more; and == a run stopped by SIGINT after 3 steps."""
+    full = tmp_path / "full"
+    train_aegan(tiny_cfg, tiny_data, full, perceptual=perceptual, progress=False)
+    split = tmp_path / "split"
+    half = aegan_config("tiny", aug_hflip=True, aug_rotate=10.0, lambda_perc=1.0, kimg=0.016)
+    train_aegan(half, tiny_data, split, perceptual=perceptual, progress=False)
+    train_aegan(tiny_cfg, tiny_data, split, resume=True, perceptual=perceptual, progress=False)
+    _assert_same(_weights(full), _weights(split))
+
+    stopped = tmp_path / "sigint"
+    result = train_aegan(tiny_cfg, tiny_data, stopped, perceptual=SigintAfter(3), progress=False)
+    assert result.interrupted and result.checkpoint_dir is None and result.kimg == pytest.approx(0.012)
+    train_aegan(tiny_cfg, tiny_data, stopped, resume=True, perceptual=perceptual, progress=False)
+    _assert_same(_weights(full), _weights(stopped))
+
+
+def test_resume_refuses_another_setup(tiny_cfg, tiny_data, perceptual, tmp_path):
+    train_aegan(aegan_config("tiny", kimg=0.004), tiny_data, tmp_path, perceptual=perceptual, progress=False)
+    with pytest.raises(ConfigError, match="batch"):
+        train_aegan(aegan_config("tiny", batch=2), tiny_data, tmp_path, resume=True, perceptual=perceptual,
+                    progress=False)
