@@ -13,7 +13,7 @@ CKPT      ?=
 OUT       ?= outputs/anonymize/$(DATASET)
 PRIVACY   ?= medium
 
-.PHONY: install test test-fast anonymize phantom-data bench clean
+.PHONY: install test test-fast anonymize phantom-data train-phantom bench clean
 
 install: $(STAMP)
 
@@ -58,10 +58,24 @@ anonymize: install
 	$(GMIA) anonymize --preset gmia-cxr256 --dataset $(DATASET) --data-root "$(DATA_ROOT)" --checkpoints "$(CKPT)" --privacy $(PRIVACY) --out $(OUT)
 endif
 
+# ---- the shipped weights ------------------------------------------------------------------------------
+# Reproduces checkpoints/phantom-*/ on a CPU (hours; see each card for the exact command and time).
+# Order matters: the MFM is the offline perceptual loss of stage 1. THREADS=1 is fastest on a shared CPU.
+THREADS ?= 2
+train-phantom: phantom-data
+	@for p in phantom-cxr64 phantom-face64; do \
+	  for role in mfm identity utility attacker; do \
+	    $(GMIA) train $$role --preset $$p --threads $(THREADS) --quiet || exit 1; \
+	  done; \
+	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p --resume --quiet || exit 1; \
+	  cp runs/aegan-$$p/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
+	done
+
 # ---- benchmarks -------------------------------------------------------------------------------------
 bench: install
 	$(PY) experiments/bench_phantoms.py
 	$(PY) experiments/bench_generator.py
+	$(PY) experiments/bench_aegan_step.py
 
 clean:
 	rm -rf outputs .pytest_cache
