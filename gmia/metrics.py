@@ -74,7 +74,10 @@ def verification_scores(emb, ids, exclude=None, max_pairs: int | None = None,
         pick = np.concatenate([rng.choice(pos, n_pos, replace=False),
                                rng.choice(neg, min(len(neg), max_pairs - n_pos), replace=False)])
         i, j, labels = i[pick], j[pick], labels[pick]
-    scores = np.einsum("nd,nd->n", e[i], e[j])
+    # in chunks of pairs: gathering all pairs of high-dimensional vectors at once can take gigabytes
+    step = max(1, 2**24 // max(1, e.shape[1]))
+    scores = np.concatenate([np.einsum("nd,nd->n", e[i[k:k + step]], e[j[k:k + step]])
+                             for k in range(0, len(i), step)]) if len(i) else np.zeros(0)
     return labels, scores
 
 
