@@ -30,9 +30,11 @@ CONFIGS = {
     "cxr64-auto": dict(img_resolution=64, img_channels=1, channel_base=16384, channel_max=512),
     "cxr64-compact": dict(img_resolution=64, img_channels=1, channel_base=4096, channel_max=256),
     "face64-compact": dict(img_resolution=64, img_channels=3, channel_base=4096, channel_max=256),
+    # what the phantom presets ship (gmia/projection/config.py): channels 128,128,128,64,32 at 4..64 px
+    "phantom64-preset": dict(img_resolution=64, img_channels=1, channel_base=2048, channel_max=128),
     "gmia256": dict(img_resolution=256, img_channels=1, channel_base=16384, channel_max=512, conv_clamp=256),
 }
-DEFAULT_CONFIGS = ["cxr64-compact", "cxr64-auto", "gmia256"]
+DEFAULT_CONFIGS = ["phantom64-preset", "cxr64-compact", "cxr64-auto", "gmia256"]
 
 
 def time_cell(net, batch, fused, backward, device, autocast, iters, budget_s, clock=time.perf_counter):
