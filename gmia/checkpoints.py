@@ -100,6 +100,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary, shareable files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,6 +140,7 @@ def save_module(
     weights = path_dir / f"{name}.safetensors"
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "gmia_format": FORMAT})
+    os.chmod(tmp, 0o644)  # the writer may create 0600 files; checkpoints are ordinary, shareable files
     os.replace(tmp, weights)
     card = json.loads(card_text)
     card.update(sha256=sha256_file(weights), dtype=str(dtype or torch.float32).removeprefix("torch."),

@@ -145,3 +145,9 @@ def test_register_class(tmp_path, registry):
     save_module(net, {"width": 4}, tmp_path, "tiny")
     assert torch.equal(load_module(tmp_path, "tiny").fc.weight, net.fc.weight)
     assert "tests.TinyNet" in checkpoints.registered_classes()
+
+
+def test_saved_files_are_world_readable(tmp_path, generator):
+    save_module(generator, G_KWARGS, tmp_path, "g")
+    for suffix in (".safetensors", ".json"):
+        assert (tmp_path / f"g{suffix}").stat().st_mode & 0o777 == 0o644
