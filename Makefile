@@ -10,8 +10,9 @@ STAMP   := $(VENV)/.gmia-installed
 DATASET   ?= phantom
 DATA_ROOT ?=
 CKPT      ?=
-OUT       ?= outputs/anonymize/$(DATASET)
 PRIVACY   ?= medium
+OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)
+LIMIT     ?= 64
 
 .PHONY: install test test-fast anonymize phantom-data train-phantom bench clean
 
@@ -41,21 +42,22 @@ data/phantom-face64/phantom.json: | install
 phantom-data: data/phantom-cxr64/phantom.json data/phantom-face64/phantom.json
 
 # ---- the main job -----------------------------------------------------------------------------------
-# make anonymize                      the phantom chest X-ray test split, shipped weights
+# make anonymize                      the first LIMIT (64) images of the phantom chest X-ray test split, shipped
+#                                     weights (LIMIT= for all 800); rerunning finishes or keeps the run (--resume)
 # make anonymize DATASET=phantom-face the phantom face test split, shipped weights
 # make anonymize DATASET=mimic DATA_ROOT=/data/mimic-cxr-jpg CKPT=/models/gmia-cxr256
 #                                     (also chexpert, nih, folder, dicom)
 ifeq ($(DATASET),phantom)
 anonymize: data/phantom-cxr64/phantom.json
-	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out $(OUT)
+	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) --resume
 else ifeq ($(DATASET),phantom-face)
 anonymize: data/phantom-face64/phantom.json
-	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT)
+	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) --resume
 else
 anonymize: install
 	@test -n "$(DATA_ROOT)" || { echo "make anonymize DATASET=$(DATASET) needs DATA_ROOT=<folder of the dataset> (and CKPT=<checkpoint folder>); see README.md, 'Real datasets'." >&2; exit 2; }
 	@test -n "$(CKPT)" || { echo "make anonymize DATASET=$(DATASET) needs CKPT=<checkpoint folder with generator, encoder, identity and utility weights>; see README.md, 'Real datasets'." >&2; exit 2; }
-	$(GMIA) anonymize --preset gmia-cxr256 --dataset $(DATASET) --data-root "$(DATA_ROOT)" --checkpoints "$(CKPT)" --privacy $(PRIVACY) --out $(OUT)
+	$(GMIA) anonymize --preset gmia-cxr256 --dataset $(DATASET) --data-root "$(DATA_ROOT)" --checkpoints "$(CKPT)" --privacy $(PRIVACY) --out $(OUT) --resume
 endif
 
 # ---- the shipped weights ------------------------------------------------------------------------------

@@ -63,34 +63,16 @@ def import_checkpoint(src, dst):
     click.echo(f"imported {src} -> {out}")
 
 
-@cli.command()
-@click.option("--preset", default="phantom-cxr64", show_default=True)
-@click.option("--input", "input_dir", type=click.Path(file_okay=False), default=None)
-@click.option("--dataset", default=None, help="Real dataset adapter: mimic, chexpert, nih, folder, dicom.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None)
-@click.option("--checkpoints", type=click.Path(file_okay=False), default=None)
-@click.option("--split", default=None)
-@click.option("--privacy", default=None)
-@click.option("--margin", type=float, default=None)
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-def anonymize(preset, input_dir, dataset, data_root, checkpoints, split, privacy, margin, out):
-    """Anonymize a dataset (stage 2)."""
-    from .config import get_preset, margin_for
-
-    get_preset(preset)
-    margin_for(privacy, margin)
-    raise GmiaError("stage 2 (anonymization) is not implemented yet: it needs the stage-1 generator and the "
-                    "identity/utility networks (issues 4-6). The phantom data is ready under --input.")
-
-
 def _register_subcommands() -> None:
     """Commands that live beside their library code (each module keeps its own click wrappers thin)."""
+    from .anonymization.cli import anonymize
     from .cli_train import train
     from .projection.cli import aegan, project
 
     train.add_command(aegan)
     cli.add_command(train)
     cli.add_command(project)
+    cli.add_command(anonymize)
 
 
 _register_subcommands()

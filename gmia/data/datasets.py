@@ -149,6 +149,10 @@ class ImageDataset(Dataset):
     def _image_path(self, i: int) -> Path:
         return self.root / self._keys[i]
 
+    def path_of(self, index: int) -> Path:
+        """The file record ``index`` is read from (for bit depth and error reports; never for output names)."""
+        return self._image_path(int(index) % len(self))
+
     def _read_image(self, i: int) -> torch.Tensor:
         return load_image(self._image_path(i))
 

@@ -32,7 +32,7 @@ from gmia.errors import ConfigError, InputError
 __all__ = [
     "to_uint8", "to_uint16", "from_uint",
     "IMAGE_SUFFIXES", "DICOM_SUFFIXES",
-    "load_image", "save_image", "check_image",
+    "load_image", "save_image", "check_image", "source_bits",
     "to_channels", "resize", "square", "apply_geometry", "restore", "Geometry", "Preprocess",
 ]
 
@@ -144,6 +144,20 @@ def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     if channels is not None and x.shape[0] != channels:
         x = to_channels(x, channels)
     return x
+
+
+def source_bits(path: str | os.PathLike) -> int:
+    """Bit depth to write an image derived from ``path`` with: 16 for 16-bit PNG/TIFF and DICOM, else 8.
+
+    Reads the header only. An unreadable file gives 8 (reading it properly reports the error)."""
+    path = Path(path)
+    try:
+        if _is_dicom(path):
+            return 16
+        with Image.open(path) as im:
+            return 16 if im.mode.startswith("I") else 8
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return 8
 
 
 def check_image(x: torch.Tensor, channels: int | None = None, size: int | None = None,

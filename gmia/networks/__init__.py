@@ -71,6 +71,8 @@ def load(preset: str, role: str, root: str | Path = "checkpoints", device: str |
     if role not in ROLE_CLASSES:
         raise ConfigError(f"unknown network role {role!r}; valid roles: {', '.join(ROLES)}")
     folder = checkpoint_dir(preset, root)
+    if not (folder / f"{role}.json").is_file() and (Path(root) / f"{role}.json").is_file():
+        folder = Path(root)  # root is the checkpoint folder itself (e.g. a user's CKPT=/models/gmia-cxr256)
     weights, card_path = folder / f"{role}.safetensors", folder / f"{role}.json"
     if not weights.is_file() or not card_path.is_file():
         make = ("`make train-phantom` (or `gmia train {role} --preset {preset} --out {folder}`)"

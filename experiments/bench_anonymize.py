@@ -1,0 +1,249 @@
+"""Stage-2 speed and outcome: the batched engine vs. a reference-style loop, on the same phantom test images.
+
+    python experiments/bench_anonymize.py                                  # 64 images, batch 32, CPU, 1 thread
+    python experiments/bench_anonymize.py --ref-images 8 --json bench.json # time the slow reference on fewer images
+    python experiments/bench_anonymize.py --checkpoints /tmp/devck --images 4 --ref-images 2 \
+        --ref-steps 30 --max-steps 30 --batch-size 4                       # a smoke test
+
+Both sides use the same networks (stage-1 G/E, E_id, E_ut of ``<checkpoints>/<preset>/``) and start at w_0 = E(x).
+
+* **engine**: ``LatentOptimizer`` with the preset's stage-2 config (per-row Adam, hinge slack, utility-aware
+  stopping, fixed per-image noise), the batch refilled from the queue as rows finish, as the dataset runner
+  does, but with no files: no privacy gate, no retries, no writing.
+* **reference**: the published loop, one image at a time: ``torch.optim.Adam([w], lr=0.01, betas=(0, 0.99))``,
+  loss = max(0, cos - m) + mean((E_ut(x_A) - E_ut(x_R))^2), fresh random noise every step, stop at the first
+  step whose (pre-update) hinge is 0, at most ``--ref-steps`` steps; the final image is rendered with const noise.
+
+Timed: reading the images, optimizing, rendering the final images. Not timed: the outcome, measured the same
+way for both on the final image quantized to 8 bits: the fraction of images with cos(E_id(x_R), E_id(x_A)) <= m
+("private"), the mean cosine, the mean ||E_ut(x_A) - E_ut(x_R)||_2, and the macro AUROC of E_ut's finding logits
+on the anonymized images. Steps = generator evaluations per image. The speed-up only counts if the engine's
+outcome is equal or better: private fraction >= the reference's and AUROC >= the reference's - 0.01.
+Peak memory: the process's max RSS after each side (it never goes down) and, on CUDA, the peak allocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import time
+
+import torch
+
+from gmia.anonymization import Item, LatentOptimizer, anonymize_config, decode, load_engine, record_seed
+from gmia.anonymization.config import config_dict
+from gmia.anonymization.losses import identity_cosine, utility_distance
+from gmia.metrics import macro_auroc
+from gmia.projection.project import open_images
+
+
+def memory_mark(device: torch.device) -> dict:
+    mark = {"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+    if device.type == "cuda":
+        mark["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return mark
+
+
+def run_engine(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
+    """index -> (final image (1, R, R) on CPU, steps). Rows leave when done and the queue refills the batch."""
+    opt = LatentOptimizer(engine.model, engine.objective, cfg)
+    queue, out = iter(range(n)), {}
+    while True:
+        items, images = [], []
+        while opt.active + len(items) < cfg.batch_size:
+            index = next(queue, None)
+            if index is None:
+                break
+            sample = ds[index]
+            items.append(Item(key=sample["key"], seed=record_seed(sample["key"], cfg.seed), payload=index))
+            images.append(sample["image"])
+        if items:
+            x = torch.stack(images).to(device)
+            with torch.no_grad():
+                opt.add(items, engine.model.encode(x), x)
+        if opt.active == 0:
+            break
+        result = opt.step()
+        finished = opt.pop_done(result.done)
+        if finished:
+            with torch.no_grad():
+                x_a = decode(engine.model, torch.stack([f.w for f in finished]), [f.item.seed for f in finished],
+                             cfg.noise).cpu()
+            for f, img in zip(finished, x_a):
+                out[f.item.payload] = (img, f.steps)
+    return {i: out[i][0] for i in out}, {i: out[i][1] for i in out}
+
+
+def run_reference(engine, ds, n: int, margin: float, max_steps: int, device) -> tuple[dict, dict]:
+    """The published per-image loop (see the module docstring)."""
+    model, e_id, e_ut = engine.model, engine.e_id, engine.e_ut
+    images, steps = {}, {}
+    for index in range(n):
+        x_r = ds[index]["image"][None].to(device)
+        with torch.no_grad():
+            w = model.encode(x_r).clone().requires_grad_(True)
+            e_r, f_r = e_id.embed(x_r), e_ut.features(x_r)
+        adam = torch.optim.Adam([w], lr=0.01, betas=(0.0, 0.99))
+        for evaluations in range(1, max_steps + 1):  # evaluations of G(w): the last one may only check the hinge
+            x_a = model.synthesize(w, noise_mode="random").clamp(0.0, 1.0)
+            hinge = (identity_cosine(e_id.embed(x_a), e_r) - margin).clamp_min(0.0)
+            if float(hinge.detach()) == 0.0:
+                break
+            loss = hinge.sum() + ((e_ut.features(x_a) - f_r) ** 2).mean()
+            adam.zero_grad(set_to_none=True)
+            loss.backward()
+            adam.step()
+        with torch.no_grad():
+            images[index] = model.synthesize(w.detach(), noise_mode="const").clamp(0.0, 1.0)[0].cpu()
+        steps[index] = evaluations
+    return images, steps
+
+
+@torch.no_grad()
+def outcome(engine, ds, images: dict, steps: dict, margin: float, device, chunk: int = 64) -> dict:
+    """Privacy and utility of the final images, quantized to 8 bits, against their sources."""
+    order = sorted(images)
+    cos, dist, logits = [], [], []
+    for start in range(0, len(order), chunk):
+        idx = order[start:start + chunk]
+        x_r = torch.stack([ds[i]["image"] for i in idx]).to(device)
+        x_a = (torch.stack([images[i] for i in idx]).to(device) * 255).round() / 255
+        cos.append(identity_cosine(engine.e_id.embed(x_a), engine.e_id.embed(x_r)).cpu())
+        dist.append(utility_distance(engine.e_ut.features(x_a), engine.e_ut.features(x_r), "l2").cpu())
+        logits.append(engine.e_ut.logits(x_a).cpu())
+    cos, dist = torch.cat(cos), torch.cat(dist)
+    labels = torch.stack([ds[i]["labels"] for i in order]).numpy()
+    n_steps = [steps[i] for i in order]
+    return {"images": len(order), "private_fraction": float((cos <= margin).float().mean()),
+            "mean_cos": float(cos.mean()), "mean_utility_distance": float(dist.mean()),
+            "macro_auroc": macro_auroc(labels, torch.cat(logits).numpy()),
+            "steps_mean": statistics.fmean(n_steps), "steps_median": statistics.median(n_steps),
+            "steps_max": max(n_steps)}
+
+
+def timed(name: str, fn, device) -> tuple[dict, dict, dict]:
+    """Run one side; returns (images, steps, timing and memory)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    before = memory_mark(device)
+    t0 = time.perf_counter()
+    images, steps = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    after = memory_mark(device)
+    run = {"seconds": seconds, "images_per_second": len(images) / seconds if seconds > 0 else math.nan,
+           "memory_before": before, "memory_after": after}
+    print(f"[{name}] {len(images)} images in {seconds:.1f}s", flush=True)
+    return images, steps, run
+
+
+def warm_up(engine, ds, device) -> None:
+    """One forward/backward through G, E_id and E_ut, so that neither side pays first-call costs."""
+    x = ds[0]["image"][None].to(device)
+    w = engine.model.encode(x).detach().requires_grad_(True)
+    x_a = engine.model.synthesize(w, noise_mode="random").clamp(0.0, 1.0)
+    (engine.e_id.embed(x_a).sum() + engine.e_ut.features(x_a).sum()).backward()
+
+
+def no_nan(v):
+    """JSON-safe copy: NaN becomes null, tuples become lists."""
+    if isinstance(v, (dict, list, tuple)):
+        return {k: no_nan(x) for k, x in v.items()} if isinstance(v, dict) else [no_nan(x) for x in v]
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def mem(mark: dict) -> str:
+    return f"{mark['max_rss_mib']:.0f}" + (f" (cuda {mark['cuda_peak_mib']:.0f})" if "cuda_peak_mib" in mark else "")
+
+
+def fmt(v, spec: str = ".3f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="phantom-cxr64")
+    p.add_argument("--data", default="data/phantom-cxr64")
+    p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--margin", type=float, default=None, help="m (default: the preset's stage-2 margin)")
+    p.add_argument("--images", type=int, default=64, help="first N test images for the engine")
+    p.add_argument("--ref-images", type=int, default=None, help="first N test images for the reference "
+                   "(default: --images)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-steps", type=int, default=None, help="engine steps per image (default: the preset's)")
+    p.add_argument("--ref-steps", type=int, default=1000, help="reference steps per image (>= 1)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = anonymize_config(args.preset, privacy=None, margin=args.margin, batch_size=args.batch_size,
+                           max_steps=args.max_steps)
+    engine = load_engine(cfg, args.checkpoints, device)
+    ds = open_images(args.data, "test", engine.model.img_resolution, engine.model.img_channels)
+    n_eng = min(args.images, len(ds))
+    n_ref = min(args.ref_images if args.ref_images is not None else args.images, len(ds))
+    print(f"preset {cfg.preset}, margin m = {cfg.margin}, device {device}, threads {args.threads}; engine: "
+          f"{n_eng} images, batch {cfg.batch_size}, max {cfg.max_steps} steps, slack {cfg.hinge_slack}, patience "
+          f"{cfg.patience}, noise {cfg.noise}; reference: {n_ref} images, batch 1, max {args.ref_steps} steps")
+
+    warm_up(engine, ds, device)
+    results, kept = {}, {}
+    sides = {"engine": lambda: run_engine(engine, cfg, ds, n_eng, device),
+             "reference": lambda: run_reference(engine, ds, n_ref, cfg.margin, args.ref_steps, device)}
+    for side, fn in sides.items():
+        torch.manual_seed(0)
+        images, steps, run = timed(side, fn, device)
+        kept[side] = images, steps
+        results[side] = {**run, **outcome(engine, ds, images, steps, cfg.margin, device)}
+    with torch.no_grad():  # what the utility network makes of the untouched sources, for scale
+        x = torch.stack([ds[i]["image"] for i in range(n_eng)]).to(device)
+        labels = torch.stack([ds[i]["labels"] for i in range(n_eng)]).numpy()
+        source_auroc = macro_auroc(labels, torch.cat([engine.e_ut.logits(c) for c in x.split(64)]).cpu().numpy())
+
+    header = ["side", "images", "seconds", "images/s", "steps mean/median/max", "private", "mean cos",
+              "mean ut dist", "macro AUROC", "max RSS MiB"]
+    rows = [[side, str(r["images"]), f"{r['seconds']:.1f}", f"{r['images_per_second']:.4f}",
+             f"{r['steps_mean']:.1f}/{r['steps_median']:g}/{r['steps_max']}", f"{r['private_fraction']:.3f}",
+             f"{r['mean_cos']:.4f}", f"{r['mean_utility_distance']:.4f}", fmt(r["macro_auroc"]), mem(r["memory_after"])]
+            for side, r in results.items()]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print()
+    for row in [header] + rows:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    print(f"(max RSS is process-wide; before the engine side: {mem(results['engine']['memory_before'])} MiB)")
+    print(f"E_ut macro AUROC on the {n_eng} source images: {fmt(source_auroc)}")
+
+    common = range(min(n_eng, n_ref))  # the verdict compares the two sides on the same images
+    same = {side: outcome(engine, ds, {i: im[i] for i in common}, {i: st[i] for i in common}, cfg.margin, device)
+            for side, (im, st) in kept.items()}
+    eng, ref = same["engine"], same["reference"]
+    ratio = results["engine"]["images_per_second"] / results["reference"]["images_per_second"]
+    private_ok = eng["private_fraction"] >= ref["private_fraction"]
+    aurocs = (eng["macro_auroc"], ref["macro_auroc"])
+    auroc_ok = None if any(math.isnan(a) for a in aurocs) else aurocs[0] >= aurocs[1] - 0.01
+    verdict = private_ok and auroc_ok is not False
+    print(f"\nspeed-up engine/reference: {ratio:.2f}x images/s")
+    print(f"outcome on the first {len(common)} images: private fraction {eng['private_fraction']:.3f} vs "
+          f"{ref['private_fraction']:.3f} ({'ok' if private_ok else 'WORSE'}), macro AUROC {fmt(aurocs[0])} vs "
+          f"{fmt(aurocs[1])} ({'n/a' if auroc_ok is None else 'ok' if auroc_ok else 'WORSE'}) -> "
+          f"{'equal or better: the speed-up counts' if verdict else 'worse: the speed-up does not count'}")
+
+    if args.json:
+        summary = {"args": vars(args), "engine_config": config_dict(cfg), "results": results, "speedup": ratio,
+                   "outcome_on_common_images": same, "outcome_equal_or_better": verdict,
+                   "source_macro_auroc": source_auroc}
+        with open(args.json, "w") as fh:
+            json.dump(no_nan(summary), fh, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

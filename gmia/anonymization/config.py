@@ -1,0 +1,118 @@
+"""Stage-2 (anonymization) configuration: one typed dataclass and its presets.
+
+    cfg = anonymize_config("phantom-cxr64", privacy="high", batch_size=16)   # None values are ignored
+
+The published procedure (reference §6) is Adam(lr 0.01, betas (0, 0.99)) on one w per image, λ_id = λ_ut = 1,
+up to 1000 steps, stopping as soon as the identity hinge is met. We keep its optimizer and its losses and change
+what §13 lists as pitfalls:
+
+* **batched** with per-image Adam state and per-image stopping: an image that is done leaves the batch and the
+  next one from the queue takes its place, so one slow image never holds the others;
+* **the stopping rule also looks at utility**: an image is done when its hinge holds with a small slack
+  (``hinge_slack``, so that 8-bit rounding of the saved file does not undo it) *and* its utility is settled:
+  back within ``utility_ratio`` × the distance of the plain reconstruction G(E(x)) (as useful as stage 1
+  allows), or no longer improving (less than ``min_improvement`` relative gain in ``patience`` steps). The code
+  returned is the best one (lowest utility loss) among the steps whose hinge held — not merely the first that
+  fooled E_id;
+* **noise fixed per image** (seeded from the record key), identical in optimization and in the decoded image;
+* the **privacy gate** re-checks the saved file and retries (``gate_retries``) or withholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..config import PRIVACY_LEVELS, margin_for, override
+from ..errors import ConfigError
+
+__all__ = ["AnonymizeConfig", "PRESETS", "UTILITY_FORMS", "NOISE_MODES", "anonymize_config"]
+
+UTILITY_FORMS = ("l2", "mse")
+NOISE_MODES = ("per-image", "const")
+
+
+@dataclass(frozen=True)
+class AnonymizeConfig:
+    """Everything that defines a stage-2 run (and so must match when a run is resumed)."""
+
+    preset: str                      # gmia preset: resolution, channels, checkpoints/<preset>/
+    margin: float = 0.0              # m: an image is private when cos(E_id(x_R), E_id(x_A)) <= m
+    privacy: str | None = "medium"   # the named level m came from (None: an explicit --margin)
+    # losses (reference: λ_id = λ_ut = 1, L_ut as MSE over the 512 features; the paper writes the L2 norm)
+    lambda_id: float = 1.0           # weight of the identity hinge max(0, cos - m)
+    lambda_ut: float = 1.0           # weight of the utility distance
+    utility_form: str = "l2"         # "l2": ||E_ut(x_A) - E_ut(x_R)||_2 (paper); "mse": mean of squares (code)
+    # optimizer (reference: Adam lr 0.01, betas (0, 0.99), eps 1e-8, up to 1000 steps)
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+    max_steps: int = 1000            # per image; an image not private by then is withheld
+    # stopping rule (per image)
+    hinge_slack: float = 0.02        # optimize to cos <= m - slack: headroom for the rounding of the saved file
+    utility_ratio: float = 1.0       # once private: done when utility distance <= this x the reconstruction's
+    patience: int = 20               # ... or after this many steps without a significant gain (0: stop at the hinge)
+    min_improvement: float = 0.01    # a gain is significant above this fraction of the loss
+    # privacy gate (on the saved file)
+    gate_retries: int = 2            # a saved image above m goes back for more steps, this many times
+    retry_slack: float = 0.05        # each retry asks for this much more slack
+    # projection (w_0 = E(x), optionally refined on reconstruction loss)
+    refine_steps: int = 0
+    # execution
+    batch_size: int = 32             # images optimized together
+    noise: str = "per-image"         # "per-image": fixed noise seeded from the record key; "const": G's buffers
+    seed: int = 0                    # mixed into every per-image seed
+    output_bits: int | None = None   # PNG bit depth (None: match each input file; 8 or 16)
+
+    def __post_init__(self):
+        checks = [
+            (-1.0 <= self.margin <= 1.0, f"margin must be in [-1, 1] (a cosine), got {self.margin}"),
+            (self.utility_form in UTILITY_FORMS, f"utility_form must be one of {UTILITY_FORMS}, got {self.utility_form!r}"),
+            (self.noise in NOISE_MODES, f"noise must be one of {NOISE_MODES}, got {self.noise!r}"),
+            (self.max_steps >= 1 and self.batch_size >= 1, "max_steps and batch_size must be >= 1"),
+            (self.lr > 0 and 0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, "lr > 0 and betas in [0, 1)"),
+            (self.patience >= 0 and self.gate_retries >= 0 and self.refine_steps >= 0,
+             "patience, gate_retries and refine_steps must be >= 0"),
+            (self.output_bits in (None, 8, 16), f"output_bits must be 8, 16 or unset, got {self.output_bits}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"AnonymizeConfig: {message}")
+
+
+# Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values.
+RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "lr", "betas", "eps", "max_steps",
+                 "hinge_slack", "utility_ratio", "patience", "min_improvement", "gate_retries", "retry_slack", "refine_steps",
+                 "noise", "seed", "output_bits")
+
+PRESETS: dict[str, AnonymizeConfig] = {
+    "phantom-cxr64": AnonymizeConfig(preset="phantom-cxr64", margin=PRIVACY_LEVELS["medium"], privacy="medium"),
+    "phantom-face64": AnonymizeConfig(preset="phantom-face64", margin=PRIVACY_LEVELS["medium"], privacy="medium"),
+    # The published setting: README margin -0.7, MSE utility, stop at the hinge (patience 0).
+    "gmia-cxr256": AnonymizeConfig(preset="gmia-cxr256", margin=PRIVACY_LEVELS["max"], privacy="max", utility_form="mse",
+                                   patience=0, batch_size=8),
+    "face256": AnonymizeConfig(preset="face256", margin=PRIVACY_LEVELS["medium"], privacy="medium", batch_size=8),
+}
+
+
+def anonymize_config(preset: str, privacy: str | None = None, margin: float | None = None, **changes) -> AnonymizeConfig:
+    """The preset's config with the privacy knob resolved (explicit margin wins) and flags applied."""
+    if preset not in PRESETS:
+        raise ConfigError(f"no stage-2 settings for preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    if privacy is not None or margin is not None:
+        cfg = dataclasses.replace(cfg, margin=margin_for(privacy, margin), privacy=None if margin is not None else privacy)
+    return override(cfg, **changes)
+
+
+def config_dict(cfg: AnonymizeConfig) -> dict:
+    """JSON-ready dict of the config (tuples become lists)."""
+    return json_ready(dataclasses.asdict(cfg))
+
+
+def json_ready(value):
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

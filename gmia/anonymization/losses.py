@@ -1,0 +1,129 @@
+"""Stage-2 losses: pure per-image functions, and the terms that bind them to a frozen network.
+
+    L(x_A) = λ_id · max(0, cos(E_id(x_R), E_id(x_A)) − m)  +  λ_ut · ‖E_ut(x_A) − E_ut(x_R)‖₂  (+ further terms)
+
+Every function returns one value **per image** (shape (N,)). The optimizer sums them over the batch, so each
+image's gradient is exactly its own (Adam per image, reference §14), and reference features are computed once
+per image (``Term.reference``), never per step.
+
+A term is any object with ``name``, ``weight``, ``reference(x_R) -> Tensor`` and ``loss(x_A, ref) -> Tensor``
+(per image); ``Objective`` adds them up. The MFM/MDL term of the decoupling issue plugs in the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "Term", "IdentityTerm", "UtilityTerm",
+           "Objective"]
+
+
+def identity_cosine(e_a: torch.Tensor, e_r: torch.Tensor) -> torch.Tensor:
+    """cos(e_a, e_r) per row: (N, D), (N, D) → (N,)."""
+    if e_a.shape != e_r.shape:
+        raise InputError(f"identity embeddings: shapes differ, {tuple(e_a.shape)} vs {tuple(e_r.shape)}")
+    return F.cosine_similarity(e_a, e_r, dim=1, eps=1e-8)
+
+
+def identity_hinge(e_a: torch.Tensor, e_r: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
+    """max(0, cos(e_a, e_r) − m) per row (N,). ``margin`` is a float or a per-row (N,) tensor."""
+    return (identity_cosine(e_a, e_r) - margin).clamp_min(0.0)
+
+
+def utility_distance(f_a: torch.Tensor, f_r: torch.Tensor, form: str = "l2") -> torch.Tensor:
+    """Per-row feature distance (N,): "l2" = ‖f_a − f_r‖₂ (the paper), "mse" = mean((f_a − f_r)²) (the code)."""
+    if f_a.shape != f_r.shape:
+        raise InputError(f"utility features: shapes differ, {tuple(f_a.shape)} vs {tuple(f_r.shape)}")
+    diff = (f_a - f_r).flatten(1)
+    if form == "l2":
+        # sqrt has an infinite gradient at 0 (x_A == x_R at step 0); the tiny floor keeps it finite
+        return diff.square().sum(dim=1).clamp_min(1e-12).sqrt()
+    if form == "mse":
+        return diff.square().mean(dim=1)
+    raise InputError(f"utility distance form must be 'l2' or 'mse', got {form!r}")
+
+
+class Term(Protocol):
+    name: str
+    weight: float
+
+    def reference(self, x_r: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor: ...
+
+
+class IdentityTerm:
+    """λ_id · max(0, cos(E_id(x_R), E_id(x_A)) − m); also reports the cosine itself as ``cos_id``."""
+
+    name = "id"
+
+    def __init__(self, e_id, margin: float, weight: float = 1.0):
+        self.net, self.margin, self.weight = e_id, float(margin), float(weight)
+
+    def reference(self, x_r: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.embed(x_r)
+
+    def cosine(self, x_a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return identity_cosine(self.net.embed(x_a), ref)
+
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, margin: torch.Tensor | float | None = None) -> torch.Tensor:
+        cos = self.cosine(x_a, ref)
+        return (cos - (self.margin if margin is None else margin)).clamp_min(0.0), cos
+
+
+class UtilityTerm:
+    """λ_ut · distance(E_ut(x_A), E_ut(x_R)) in E_ut's feature space."""
+
+    name = "ut"
+
+    def __init__(self, e_ut, weight: float = 1.0, form: str = "l2"):
+        self.net, self.weight, self.form = e_ut, float(weight), form
+        utility_distance(torch.zeros(1, 1), torch.zeros(1, 1), form)  # validate the form now
+
+    def reference(self, x_r: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net.features(x_r)
+
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return utility_distance(self.net.features(x_a), ref, self.form)
+
+
+class Objective:
+    """The stage-2 loss: the identity term, the utility term and any extra terms, per image.
+
+    ``evaluate`` returns the total (N,) and a dict of per-image diagnostics: ``cos_id``, ``hinge``, ``ut``
+    (the unweighted utility distance) and each extra term by name.
+    """
+
+    def __init__(self, identity: IdentityTerm, utility: UtilityTerm | None, extra: list[Term] | tuple = ()):
+        self.identity, self.utility, self.extra = identity, utility, list(extra)
+
+    @property
+    def terms(self) -> list:
+        return [self.identity] + ([self.utility] if self.utility is not None else []) + self.extra
+
+    def references(self, x_r: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image reference features, computed once from the source images (no gradient)."""
+        with torch.no_grad():
+            return {t.name: t.reference(x_r) for t in self.terms}
+
+    def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor],
+                 margin: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hinge, cos = self.identity.loss(x_a, refs["id"], margin)
+        total = self.identity.weight * hinge
+        parts = {"cos_id": cos, "hinge": hinge}
+        if self.utility is not None:
+            ut = self.utility.loss(x_a, refs["ut"])
+            total = total + self.utility.weight * ut
+            parts["ut"] = ut
+        for term in self.extra:
+            value = term.loss(x_a, refs[term.name])
+            total = total + term.weight * value
+            parts[term.name] = value
+        return total, parts

@@ -1,0 +1,167 @@
+"""The output folder of an anonymization run: what is released, what stays private, and how a run resumes.
+
+    OUT/images/<pseudonym>.png    released images only (PNG 8- or 16-bit, no metadata, fixed mtime)
+    OUT/labels.csv                pseudonym + findings of the released images (sorted by pseudonym)
+    OUT/manifest.jsonl            one row per input: pseudonym, status released/withheld/error, cos_id, utility,
+                                  steps, seconds, reason/error (sorted by pseudonym; no source names)
+    OUT/run.json                  config, versions, checkpoint sha256s, seed, summary
+    OUT/private/                  NEVER release: resume.key (the secret behind the pseudonyms), journal-*.jsonl
+                                  (progress, in processing order), errors.jsonl (which source file failed and why),
+                                  linkage.csv (source key → pseudonym, only with --write-linkage)
+
+Pseudonyms are HMAC-SHA256(resume.key, source key): random-looking to anyone without the key, yet the same
+on every resume and every shard, which is what makes ``--resume`` and ``--shard`` exact without storing the
+source name anywhere public. Row order and file times are normalised (sorted by pseudonym, one fixed mtime):
+processing order follows the source order, which groups a patient's studies together.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..runs import atomic_write_json, atomic_write_text
+
+__all__ = ["RunFolder", "RELEASE_MTIME"]
+
+RELEASE_MTIME = 946684800  # 2000-01-01T00:00:00Z: released files carry no processing time
+PSEUDONYM_HEX = 20         # 80 bits
+
+
+class RunFolder:
+    """Owns OUT/: creation or resume, pseudonyms, the journal, and the final public tables."""
+
+    def __init__(self, out: str | Path, run_record: dict, result_config: dict, resume: bool, shard: tuple[int, int]):
+        self.root = Path(out)
+        self.images = self.root / "images"
+        self.private = self.root / "private"
+        self.staging = self.private / "staging"   # saved here, checked by the gate, then moved to images/
+        self.shard = shard
+        run_json = self.root / "run.json"
+        if run_json.exists():
+            previous = json.loads(run_json.read_text())
+            if not resume:
+                raise ConfigError(f"{self.root} already holds an anonymization run; pass --resume to finish it, or "
+                                  "choose a new --out (nothing is overwritten)")
+            if previous.get("result_config") != result_config:
+                changed = sorted(k for k in result_config if previous.get("result_config", {}).get(k) != result_config[k])
+                raise ConfigError(f"{run_json}: --resume with different settings ({', '.join(changed)}); "
+                                  "rerun with the original settings or choose a new --out")
+        elif self.root.exists() and any(p.name != "private" for p in self.root.iterdir()):
+            raise ConfigError(f"{self.root} exists and is not an anonymization run; choose a new --out")
+        for d in (self.images, self.staging):
+            d.mkdir(parents=True, exist_ok=True)
+        self.private.chmod(0o700)
+        self._key = self._secret()
+        if not run_json.exists():
+            atomic_write_json(run_json, {**run_record, "result_config": result_config})
+        self.journal_path = self.private / f"journal-{shard[0]}-of-{shard[1]}.jsonl"
+        self.done = {row["pseudonym"] for row in self.read_journal()}
+
+    # ---- identity of a record -----------------------------------------------------------------------------
+    def _secret(self) -> bytes:
+        path = self.private / "resume.key"
+        try:  # O_EXCL: of several shards starting together, exactly one creates the key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+        except FileExistsError:
+            pass
+        text = path.read_text().strip()
+        if len(text) != 64:
+            raise ConfigError(f"{path}: damaged resume key; a run can only resume with its own key")
+        return bytes.fromhex(text)
+
+    def pseudonym(self, key: str) -> str:
+        return hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+
+    def image_path(self, pseudonym: str) -> Path:
+        return self.images / f"{pseudonym}.png"
+
+    def staging_path(self, pseudonym: str) -> Path:
+        return self.staging / f"{pseudonym}.png"
+
+    # ---- progress ---------------------------------------------------------------------------------------
+    def read_journal(self, all_shards: bool = False) -> list[dict]:
+        """Rows of this shard's journal (or of every shard's), torn last lines (a kill mid-write) skipped."""
+        paths = sorted(self.private.glob("journal-*.jsonl")) if all_shards else [self.journal_path]
+        rows, seen = [], set()
+        for path in paths:
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if row.get("pseudonym") not in seen:
+                    seen.add(row["pseudonym"])
+                    rows.append(row)
+        return rows
+
+    def record(self, row: dict, source_key: str | None = None, error: str | None = None,
+               linkage: bool = False) -> None:
+        """Append one finished record. The released image (if any) is already in place; this line is what
+        marks the record done, so a kill before it means the record is redone (same name, same pixels)."""
+        if error is not None:
+            _append(self.private / "errors.jsonl", {"source": source_key, "error": error})
+        if linkage and source_key is not None:
+            _append(self.private / "linkage.jsonl", {"source": source_key, "pseudonym": row["pseudonym"]})
+        _append(self.journal_path, row)
+        self.done.add(row["pseudonym"])
+
+    # ---- public tables ----------------------------------------------------------------------------------
+    def finalize(self, findings: list[str], summary: dict, write_linkage: bool) -> dict:
+        """Write manifest.jsonl, labels.csv (and private/linkage.csv) from every shard's journal."""
+        rows = sorted(self.read_journal(all_shards=True), key=lambda r: r["pseudonym"])
+        public = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
+        atomic_write_text(self.root / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in public))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image", *findings])
+        for r in rows:
+            if r["status"] == "released":
+                writer.writerow([f"images/{r['pseudonym']}.png",
+                                 *("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
+                                   for v in r.get("labels", []))])
+        atomic_write_text(self.root / "labels.csv", buf.getvalue())
+        if write_linkage:
+            links = {}
+            path = self.private / "linkage.jsonl"
+            for line in (path.read_text().splitlines() if path.exists() else []):
+                try:
+                    link = json.loads(line)
+                    links[link["source"]] = link["pseudonym"]
+                except (ValueError, KeyError):
+                    continue
+            atomic_write_text(self.private / "linkage.csv",
+                              "source,pseudonym\n" + "".join(f"{_csv(s)},{p}\n" for s, p in sorted(links.items())))
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("released", "withheld", "error")}
+        run = json.loads((self.root / "run.json").read_text())
+        run["summary"] = {**summary, **counts, "records": len(rows)}
+        atomic_write_json(self.root / "run.json", run)
+        return run["summary"]
+
+
+def _csv(value: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([value])
+    return buf.getvalue()
+
+
+def _append(path: Path, row: dict) -> None:
+    """One JSON line, flushed and fsynced (a crash loses at most the line being written)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,252 @@
+"""The dataset runner of stage 2: stream records in, keep the optimizer's batch full, gate, write, journal.
+
+    summary = anonymize_dataset(cfg, dataset, "outputs/anon", checkpoints="checkpoints")
+
+Per record: read → project (w_0 = E(x)) → optimize in the shared batch (rows leave when done, new records take
+their place) → decode with the record's own noise → write to staging → privacy gate on the reloaded file →
+release to ``images/`` (or retry, or withhold) → one journal line. A record that cannot be read gets an error
+row and the run goes on. Everything a record needs (seed, noise, pseudonym) derives from its key, so the result
+is the same whatever the batch size, the order, the shard, or the number of times the run was killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import networks
+from ..checkpoints import read_card
+from ..data.datasets import ImageDataset
+from ..data.preprocess import source_bits
+from ..errors import CheckpointError, ConfigError, GmiaError, InputError
+from ..projection.project import load_aegan, project_images
+from ..runs import environment, log
+from .config import RESULT_FIELDS, AnonymizeConfig, config_dict
+from .gate import release, write_and_check
+from .losses import IdentityTerm, Objective, UtilityTerm
+from .optimizer import Finished, Item, LatentOptimizer
+from .outputs import RELEASE_MTIME, RunFolder
+
+__all__ = ["anonymize_dataset", "record_seed", "Engine", "load_engine", "parse_shard"]
+
+
+def record_seed(key: str, seed: int = 0) -> int:
+    """The per-record seed (noise): a hash of the run seed and the record key, independent of position."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' → (i, n) with 0 <= i < n; None → (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+@dataclass
+class Engine:
+    """The frozen networks of a run: stage-1 model, E_id, E_ut, and the objective built on them."""
+
+    model: torch.nn.Module
+    e_id: torch.nn.Module
+    e_ut: torch.nn.Module
+    objective: Objective
+    checkpoints: dict[str, str]   # role → sha256 of its weights
+
+
+def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", device="cpu") -> Engine:
+    """Load ``<checkpoints>/<preset>/{aegan,identity,utility}`` and build the stage-2 objective."""
+    folder = networks.checkpoint_dir(cfg.preset, checkpoints)
+    if not (folder / "aegan.json").is_file() and (Path(checkpoints) / "aegan.json").is_file():
+        folder = Path(checkpoints)  # the folder holding the files itself
+    if not (folder / "aegan.json").is_file():
+        raise CheckpointError(f"no stage-1 model for preset {cfg.preset!r}: expected {folder / 'aegan.safetensors'} "
+                              f"and aegan.json. Train it with `gmia train aegan --preset {cfg.preset} --out RUN` and "
+                              f"copy RUN/checkpoint/aegan.* there, or pass --checkpoints <folder holding {cfg.preset}/>")
+    model = load_aegan(folder, device=device)
+    e_id = networks.load(cfg.preset, "identity", checkpoints, device=device)
+    e_ut = networks.load(cfg.preset, "utility", checkpoints, device=device)
+    objective = Objective(IdentityTerm(e_id, cfg.margin, cfg.lambda_id),
+                          UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None)
+    shas = {role: read_card(folder, role)["sha256"] for role in ("aegan", "identity", "utility")}
+    return Engine(model, e_id, e_ut, objective, shas)
+
+
+def _sanitize(message: str, *names: str) -> str:
+    """An error message without the source's path or name (manifest rows are public)."""
+    for name in sorted({n for n in names if n}, key=len, reverse=True):
+        message = message.replace(name, "<input>")
+    return message
+
+
+class _Run:
+    """One call of ``anonymize_dataset``: the loop and its bookkeeping."""
+
+    def __init__(self, cfg, engine, dataset, folder, todo, write_linkage, device, progress):
+        self.cfg, self.engine, self.dataset, self.folder = cfg, engine, dataset, folder
+        self.todo, self.write_linkage, self.device = todo, write_linkage, device
+        self.opt = LatentOptimizer(engine.model, engine.objective, cfg)
+        self.counts = {"released": 0, "withheld": 0, "error": 0}
+        self.bar = tqdm(total=len(todo), unit="img", desc="anonymize", disable=not progress, dynamic_ncols=True)
+        self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
+
+    # ---- input ---------------------------------------------------------------------------------------------
+    def _records(self) -> Iterator[tuple[int, str, str]]:
+        keys = self.dataset.keys()
+        for i in self.todo:
+            yield i, keys[i], self.folder.pseudonym(keys[i])
+
+    def _fill(self, source: Iterator) -> None:
+        """Top the batch up to batch_size with newly read and projected records."""
+        items, images = [], []
+        while self.opt.active + len(items) < self.cfg.batch_size:
+            nxt = next(source, None)
+            if nxt is None:
+                break
+            index, key, pseudonym = nxt
+            try:
+                sample = self.dataset[index]
+                x = sample["image"]
+                if tuple(x.shape) != self.expected:
+                    raise InputError(f"{self.dataset.path_of(index)}: image is {tuple(x.shape)} after "
+                                     f"preprocessing, the {self.cfg.preset} networks need {self.expected}; "
+                                     "open the dataset with the preset's Preprocess")
+            except (GmiaError, OSError, ValueError, RuntimeError) as exc:
+                self._error(index, key, pseudonym, exc)
+                continue
+            bits = self.cfg.output_bits or source_bits(self.dataset.path_of(index))
+            payload = {"pseudonym": pseudonym, "labels": [float(v) for v in sample["labels"]], "bits": bits,
+                       "attempts": 0}
+            items.append(Item(key=key, seed=record_seed(key, self.cfg.seed), payload=payload))
+            images.append(x)
+        if items:
+            x = torch.stack(images).to(self.device)
+            if self.cfg.refine_steps > 0:
+                w0 = project_images(self.engine.model, x, self.cfg.refine_steps)["w"]
+            else:  # w_0 = E(x): no need for project_images' extra render and metrics
+                with torch.no_grad():
+                    w0 = self.engine.model.encode(x)
+            self.opt.add(items, w0, x)
+
+    # ---- output --------------------------------------------------------------------------------------------
+    def _error(self, index: int, key: str, pseudonym: str, exc: Exception) -> None:
+        path = str(self.dataset.path_of(index)) if hasattr(self.dataset, "path_of") else ""
+        text = f"{type(exc).__name__}: {exc}"
+        row = {"pseudonym": pseudonym, "status": "error", "error": _sanitize(text, path, key, Path(key).name)}
+        self.folder.record(row, source_key=key, error=text)
+        self._count("error")
+
+    def _count(self, status: str) -> None:
+        self.counts[status] += 1
+        self.bar.update(1)
+        self.bar.set_postfix(released=self.counts["released"], withheld=self.counts["withheld"],
+                             errors=self.counts["error"], refresh=False)
+
+    def _row(self, f: Finished, status: str, cos_saved: float | None, reason: str | None) -> dict:
+        p = f.item.payload
+        r4 = lambda v: None if v is None or math.isnan(v) else round(float(v), 5)  # noqa: E731
+        return {"pseudonym": p["pseudonym"], "status": status, "cos_id_reconstruction": r4(f.cos_start),
+                "cos_id_optimized": r4(f.cos_id), "cos_id_saved": r4(cos_saved), "utility_reconstruction":
+                r4(f.utility_start), "utility": r4(f.utility), "steps": f.steps, "seconds": round(f.seconds, 4),
+                "attempts": p["attempts"] + 1, "bits": p["bits"], "reason": reason, "labels": p["labels"]}
+
+    def _finish(self, finished: list[Finished]) -> None:
+        """Gate the rows that reached the margin; withhold the others; requeue gate failures with more slack."""
+        cfg = self.cfg
+        for f in finished:
+            if not f.private:
+                reason = (f"not private after {f.steps} steps: cos_id {f.cos_id:.4f} > "
+                          f"m - slack = {cfg.margin - cfg.hinge_slack - f.item.payload['attempts'] * cfg.retry_slack:.4f}")
+                self.folder.record(self._row(f, "withheld", None, reason), f.item.key, linkage=self.write_linkage)
+                self._count("withheld")
+        ready = [f for f in finished if f.private]
+        if not ready:
+            return
+        w = torch.stack([f.w for f in ready])
+        refs = torch.cat([f.extra["refs"]["id"] for f in ready])
+        staged = [self.folder.staging_path(f.item.payload["pseudonym"]) for f in ready]
+        results = write_and_check(self.engine.model, self.engine.e_id, w, [f.item.seed for f in ready], refs,
+                                  staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise)
+        for f, g in zip(ready, results):
+            p = f.item.payload
+            if g.passed:
+                release(g.staged, self.folder.image_path(p["pseudonym"]), RELEASE_MTIME)
+                self.folder.record(self._row(f, "released", g.cos_saved, None), f.item.key, linkage=self.write_linkage)
+                self._count("released")
+                continue
+            g.staged.unlink(missing_ok=True)
+            if p["attempts"] < cfg.gate_retries:  # back into the batch, asking for more headroom
+                p["attempts"] += 1
+                self.opt.add([f.item], f.w[None], None, refs=f.extra["refs"], budget=f.steps + cfg.max_steps // 2,
+                              slack=cfg.hinge_slack + p["attempts"] * cfg.retry_slack,
+                              start={"steps": [f.steps], "cos_start": [f.cos_start], "ut_start": [f.utility_start],
+                                     "seconds": [f.seconds]})
+                continue
+            reason = f"saved image above the margin after {p['attempts']} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
+            self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key, linkage=self.write_linkage)
+            self._count("withheld")
+
+    # ---- loop ----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        source = self._records()
+        steps = 0
+        while True:
+            self._fill(source)
+            if self.opt.active == 0:
+                break
+            result = self.opt.step()
+            steps += 1
+            finished = self.opt.pop_done(result.done)
+            if finished:
+                self._finish(finished)
+        self.bar.close()
+        self.batch_steps = steps
+
+
+def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Path, *,
+                      checkpoints: str | Path = "checkpoints", device: str | torch.device | None = None,
+                      resume: bool = False, shard: tuple[int, int] = (0, 1), limit: int | None = None,
+                      write_linkage: bool = False, progress: bool = True, engine: Engine | None = None) -> dict:
+    """Anonymize ``dataset`` into ``out`` (see ``outputs`` for the layout); returns the run summary.
+
+    limit: the first ``limit`` records of this shard (in dataset order). resume: finish a killed run.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    engine = engine or load_engine(cfg, checkpoints, device)
+    env = environment()
+    record = {"stage": "anonymize", "config": config_dict(cfg), "checkpoints": engine.checkpoints,
+              "versions": {k: env.get(k) for k in ("gmia", "torch", "python", "git_sha")}, "hardware": env.get("device"),
+              "seed": cfg.seed, "input": {"dataset": type(dataset).__name__, "records": len(dataset),
+                                          "findings": list(dataset.findings)}}
+    result_config = {k: v for k, v in config_dict(cfg).items() if k in RESULT_FIELDS}
+    folder = RunFolder(out, record, result_config, resume, shard)
+    i, n = shard
+    todo = [j for j in range(len(dataset)) if j % n == i][:limit]
+    keys = dataset.keys()
+    todo = [j for j in todo if folder.pseudonym(keys[j]) not in folder.done]
+    t0 = time.time()
+    run = _Run(cfg, engine, dataset, folder, todo, write_linkage, device, progress)
+    run.run()
+    seconds = time.time() - t0
+    processed = sum(run.counts.values())
+    summary = folder.finalize(list(dataset.findings), {
+        "this_call": {**run.counts, "seconds": round(seconds, 2),
+                      "images_per_second": round(processed / seconds, 4) if seconds > 0 else None,
+                      "batch_steps": run.batch_steps}}, write_linkage)
+    log(None, f"anonymized {processed} records in {seconds:.1f}s ({processed / max(seconds, 1e-9):.2f} img/s): "
+              f"{run.counts['released']} released, {run.counts['withheld']} withheld, {run.counts['error']} errors; "
+              f"in total {summary['released']} released, {summary['withheld']} withheld, {summary['error']} errors "
+              f"of {summary['records']} -> {folder.root}")
+    return summary

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from gmia.anonymization.losses import identity_cosine, identity_hinge, utility_distance
+from gmia.errors import InputError
+
+
+def test_hinge_is_zero_below_the_margin_and_linear_above():
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    r = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])       # cos 1, 0, -1
+    assert torch.allclose(identity_cosine(e, r), torch.tensor([1.0, 0.0, -1.0]))
+    assert torch.allclose(identity_hinge(e, r, 0.0), torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(identity_hinge(e, r, -0.5), torch.tensor([1.5, 0.5, 0.0]))
+    per_row = torch.tensor([0.5, -0.5, -2.0])                     # a margin per row
+    assert torch.allclose(identity_hinge(e, r, per_row), torch.tensor([0.5, 0.5, 1.0]))
+
+
+def test_utility_distance_forms():
+    a, b = torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2)
+    assert torch.allclose(utility_distance(a, b, "l2"), torch.tensor([5.0]))
+    assert torch.allclose(utility_distance(a, b, "mse"), torch.tensor([12.5]))
+    with pytest.raises(InputError, match="'l2' or 'mse'"):
+        utility_distance(a, b, "l1")
+    with pytest.raises(InputError, match="shapes differ"):
+        utility_distance(a, torch.zeros(1, 3))
+
+
+def test_l2_gradient_is_finite_at_zero_distance():
+    a = torch.zeros(2, 4, requires_grad=True)
+    utility_distance(a, torch.zeros(2, 4), "l2").sum().backward()
+    assert torch.isfinite(a.grad).all()
+
+
+def test_objective_is_per_image_and_differentiable(tiny_checkpoints):
+    from gmia.anonymization import anonymize_config, load_engine
+
+    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0), tiny_checkpoints)
+    x_r = torch.rand(3, 1, 64, 64)
+    refs = engine.objective.references(x_r)
+    x_a = torch.rand(3, 1, 64, 64, requires_grad=True)
+    total, parts = engine.objective.evaluate(x_a, refs)
+    assert total.shape == parts["cos_id"].shape == parts["ut"].shape == (3,)
+    # with m = -1 the hinge is cos + 1 and the total adds the L2 utility distance
+    assert torch.allclose(total, parts["cos_id"] + 1 + parts["ut"], atol=1e-5)
+    total[1].backward()
+    assert x_a.grad[1].abs().sum() > 0 and x_a.grad[0].abs().sum() == 0 and x_a.grad[2].abs().sum() == 0
+    same, parts_same = engine.objective.evaluate(x_r, refs)
+    assert torch.allclose(parts_same["cos_id"], torch.ones(3), atol=1e-5)
+    assert parts_same["ut"].max() < 1e-3
