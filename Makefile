@@ -14,7 +14,7 @@ PRIVACY   ?= medium
 OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)
 LIMIT     ?= 64
 
-.PHONY: install test test-fast anonymize phantom-data train-phantom bench clean
+.PHONY: install test test-fast anonymize evaluate mia phantom-data train-phantom bench clean
 
 install: $(STAMP)
 
@@ -60,6 +60,20 @@ anonymize: install
 	$(GMIA) anonymize --preset gmia-cxr256 --dataset $(DATASET) --data-root "$(DATA_ROOT)" --checkpoints "$(CKPT)" --privacy $(PRIVACY) --out $(OUT) --resume
 endif
 
+# ---- evidence -----------------------------------------------------------------------------------------
+# make evaluate: anonymize LIMIT test images and EVAL_TRAIN training images (the adaptive attacker's training
+# set), then attacks, utility, fidelity and record-level privacy -> outputs/eval/metrics (+ report.html)
+EVAL_TRAIN ?= 400
+evaluate: data/phantom-cxr64/phantom.json
+	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out outputs/eval/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) --quiet
+	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split train --privacy $(PRIVACY) --out outputs/eval/anon-train-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) --quiet
+	$(GMIA) evaluate --preset phantom-cxr64 --real data/phantom-cxr64 --anon outputs/eval/anon-test-$(PRIVACY) --anon-train outputs/eval/anon-train-$(PRIVACY) --out outputs/eval/metrics-$(PRIVACY)
+	$(GMIA) report outputs/eval/metrics-$(PRIVACY)
+
+# make mia: membership inference against the stage-1 generator (members: train split, non-members: test split)
+mia: data/phantom-cxr64/phantom.json
+	$(GMIA) mia --preset phantom-cxr64 --members data/phantom-cxr64 --nonmembers data/phantom-cxr64 --latent-fit data/phantom-cxr64 --out outputs/mia
+
 # ---- the shipped weights ------------------------------------------------------------------------------
 # Reproduces checkpoints/phantom-*/ on a CPU (hours; see each card for the exact command and time).
 # Order matters: the MFM is the offline perceptual loss of stage 1. THREADS=1 is fastest on a shared CPU.
@@ -78,6 +92,7 @@ bench: install
 	$(PY) experiments/bench_phantoms.py
 	$(PY) experiments/bench_generator.py
 	$(PY) experiments/bench_aegan_step.py
+	$(PY) experiments/bench_anonymize.py --ref-images 8
 
 clean:
 	rm -rf outputs .pytest_cache

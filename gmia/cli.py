@@ -66,6 +66,8 @@ def import_checkpoint(src, dst):
 def _register_subcommands() -> None:
     """Commands that live beside their library code (each module keeps its own click wrappers thin)."""
     from .anonymization.cli import anonymize
+    from .decoupling.cli import fit_decoupler_command
+    from .evaluation.cli import COMMANDS as evaluation_commands
     from .cli_train import train
     from .projection.cli import aegan, project
 
@@ -73,6 +75,9 @@ def _register_subcommands() -> None:
     cli.add_command(train)
     cli.add_command(project)
     cli.add_command(anonymize)
+    cli.add_command(fit_decoupler_command)
+    for command in evaluation_commands:
+        cli.add_command(command)
 
 
 _register_subcommands()

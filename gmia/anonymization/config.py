@@ -50,7 +50,11 @@ class AnonymizeConfig:
     max_steps: int = 1000            # per image; an image not private by then is withheld
     # stopping rule (per image)
     hinge_slack: float = 0.02        # optimize to cos <= m - slack: headroom for the rounding of the saved file
-    utility_ratio: float = 1.0       # once private: done when utility distance <= this x the reconstruction's
+    lambda_mdl: float = 0.0          # weight of the MFM/MDL term (0: off; needs <preset>/mfm.* and decoupler.*)
+    lambda_sem: float = 0.5          # ... its semantic-distance weight (see gmia.decoupling.term)
+    lambda_mid: float = 1.0          # ... its MFM identity-code hinge weight
+    mdl_margin: float | None = None  # ... m' of that hinge (None: the decoupler's calibrated margin)
+    utility_ratio: float = 0.0       # once private: done when utility distance <= this x the reconstruction's (0: off)
     patience: int = 20               # ... or after this many steps without a significant gain (0: stop at the hinge)
     min_improvement: float = 0.01    # a gain is significant above this fraction of the loss
     # privacy gate (on the saved file)
@@ -81,7 +85,8 @@ class AnonymizeConfig:
 
 
 # Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values.
-RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "lr", "betas", "eps", "max_steps",
+RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "lambda_mdl", "lambda_sem", "lambda_mid",
+                 "mdl_margin", "lr", "betas", "eps", "max_steps",
                  "hinge_slack", "utility_ratio", "patience", "min_improvement", "gate_retries", "retry_slack", "refine_steps",
                  "noise", "seed", "output_bits")
 

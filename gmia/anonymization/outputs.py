@@ -109,20 +109,18 @@ class RunFolder:
                     rows.append(row)
         return rows
 
-    def record(self, row: dict, source_key: str | None = None, error: str | None = None,
-               linkage: bool = False) -> None:
+    def record(self, row: dict, source_key: str | None = None, error: str | None = None) -> None:
         """Append one finished record. The released image (if any) is already in place; this line is what
         marks the record done, so a kill before it means the record is redone (same name, same pixels)."""
         if error is not None:
             _append(self.private / "errors.jsonl", {"source": source_key, "error": error})
-        if linkage and source_key is not None:
-            _append(self.private / "linkage.jsonl", {"source": source_key, "pseudonym": row["pseudonym"]})
         _append(self.journal_path, row)
         self.done.add(row["pseudonym"])
 
     # ---- public tables ----------------------------------------------------------------------------------
-    def finalize(self, findings: list[str], summary: dict, write_linkage: bool) -> dict:
-        """Write manifest.jsonl, labels.csv (and private/linkage.csv) from every shard's journal."""
+    def finalize(self, findings: list[str], summary: dict, linkage_keys: list[str] | None = None) -> dict:
+        """Write manifest.jsonl, labels.csv and, given the source keys, private/linkage.csv, from every shard's
+        journal. The linkage is recomputed from the key (pseudonym = HMAC), so it can be asked for at any time."""
         rows = sorted(self.read_journal(all_shards=True), key=lambda r: r["pseudonym"])
         public = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
         atomic_write_text(self.root / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in public))
@@ -135,17 +133,11 @@ class RunFolder:
                                  *("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
                                    for v in r.get("labels", []))])
         atomic_write_text(self.root / "labels.csv", buf.getvalue())
-        if write_linkage:
-            links = {}
-            path = self.private / "linkage.jsonl"
-            for line in (path.read_text().splitlines() if path.exists() else []):
-                try:
-                    link = json.loads(line)
-                    links[link["source"]] = link["pseudonym"]
-                except (ValueError, KeyError):
-                    continue
+        if linkage_keys is not None:
+            recorded = {r["pseudonym"] for r in rows}
+            links = sorted((k, p) for k in linkage_keys if (p := self.pseudonym(k)) in recorded)
             atomic_write_text(self.private / "linkage.csv",
-                              "source,pseudonym\n" + "".join(f"{_csv(s)},{p}\n" for s, p in sorted(links.items())))
+                              "source,pseudonym\n" + "".join(f"{_csv(k)},{p}\n" for k, p in links))
         counts = {s: sum(r["status"] == s for r in rows) for s in ("released", "withheld", "error")}
         run = json.loads((self.root / "run.json").read_text())
         run["summary"] = {**summary, **counts, "records": len(rows)}

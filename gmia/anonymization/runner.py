@@ -78,9 +78,17 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     model = load_aegan(folder, device=device)
     e_id = networks.load(cfg.preset, "identity", checkpoints, device=device)
     e_ut = networks.load(cfg.preset, "utility", checkpoints, device=device)
+    extra, roles = [], ["aegan", "identity", "utility"]
+    if cfg.lambda_mdl > 0:  # the third objective: MFM features split by the MDL decoupler
+        from ..decoupling import MDLTerm, load_decoupler
+
+        mfm = networks.load(cfg.preset, "mfm", checkpoints, device=device)
+        extra.append(MDLTerm(mfm, load_decoupler(folder), cfg.lambda_sem, cfg.lambda_mid, cfg.mdl_margin,
+                             weight=cfg.lambda_mdl))
+        roles += ["mfm", "decoupler"]
     objective = Objective(IdentityTerm(e_id, cfg.margin, cfg.lambda_id),
-                          UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None)
-    shas = {role: read_card(folder, role)["sha256"] for role in ("aegan", "identity", "utility")}
+                          UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None, extra)
+    shas = {role: read_card(folder, role)["sha256"] for role in roles}
     return Engine(model, e_id, e_ut, objective, shas)
 
 
@@ -94,9 +102,9 @@ def _sanitize(message: str, *names: str) -> str:
 class _Run:
     """One call of ``anonymize_dataset``: the loop and its bookkeeping."""
 
-    def __init__(self, cfg, engine, dataset, folder, todo, write_linkage, device, progress):
+    def __init__(self, cfg, engine, dataset, folder, todo, device, progress):
         self.cfg, self.engine, self.dataset, self.folder = cfg, engine, dataset, folder
-        self.todo, self.write_linkage, self.device = todo, write_linkage, device
+        self.todo, self.device = todo, device
         self.opt = LatentOptimizer(engine.model, engine.objective, cfg)
         self.counts = {"released": 0, "withheld": 0, "error": 0}
         self.bar = tqdm(total=len(todo), unit="img", desc="anonymize", disable=not progress, dynamic_ncols=True)
@@ -169,7 +177,7 @@ class _Run:
             if not f.private:
                 reason = (f"not private after {f.steps} steps: cos_id {f.cos_id:.4f} > "
                           f"m - slack = {cfg.margin - cfg.hinge_slack - f.item.payload['attempts'] * cfg.retry_slack:.4f}")
-                self.folder.record(self._row(f, "withheld", None, reason), f.item.key, linkage=self.write_linkage)
+                self.folder.record(self._row(f, "withheld", None, reason), f.item.key)
                 self._count("withheld")
         ready = [f for f in finished if f.private]
         if not ready:
@@ -183,7 +191,7 @@ class _Run:
             p = f.item.payload
             if g.passed:
                 release(g.staged, self.folder.image_path(p["pseudonym"]), RELEASE_MTIME)
-                self.folder.record(self._row(f, "released", g.cos_saved, None), f.item.key, linkage=self.write_linkage)
+                self.folder.record(self._row(f, "released", g.cos_saved, None), f.item.key)
                 self._count("released")
                 continue
             g.staged.unlink(missing_ok=True)
@@ -195,7 +203,7 @@ class _Run:
                                      "seconds": [f.seconds]})
                 continue
             reason = f"saved image above the margin after {p['attempts']} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
-            self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key, linkage=self.write_linkage)
+            self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key)
             self._count("withheld")
 
     # ---- loop ----------------------------------------------------------------------------------------------
@@ -237,14 +245,14 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
     keys = dataset.keys()
     todo = [j for j in todo if folder.pseudonym(keys[j]) not in folder.done]
     t0 = time.time()
-    run = _Run(cfg, engine, dataset, folder, todo, write_linkage, device, progress)
+    run = _Run(cfg, engine, dataset, folder, todo, device, progress)
     run.run()
     seconds = time.time() - t0
     processed = sum(run.counts.values())
     summary = folder.finalize(list(dataset.findings), {
         "this_call": {**run.counts, "seconds": round(seconds, 2),
                       "images_per_second": round(processed / seconds, 4) if seconds > 0 else None,
-                      "batch_steps": run.batch_steps}}, write_linkage)
+                      "batch_steps": run.batch_steps}}, linkage_keys=keys if write_linkage else None)
     log(None, f"anonymized {processed} records in {seconds:.1f}s ({processed / max(seconds, 1e-9):.2f} img/s): "
               f"{run.counts['released']} released, {run.counts['withheld']} withheld, {run.counts['error']} errors; "
               f"in total {summary['released']} released, {summary['withheld']} withheld, {summary['error']} errors "

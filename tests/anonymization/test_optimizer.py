@@ -106,3 +106,31 @@ def test_optimization_lowers_the_identity_cosine(engine):
     finally:
         opt.objective.utility = saved
     assert all(f.cos_id < f.cos_start - 1e-3 for f in finished)
+
+
+def test_mdl_term_is_wired_in_when_its_weight_is_set(tiny_checkpoints, tmp_path):
+    """lambda_mdl > 0 loads <preset>/mfm + decoupler and adds the MDL term to the objective."""
+    import shutil
+
+    from gmia.checkpoints import save_module
+    from gmia.decoupling import Decoupler, save_decoupler
+    from gmia.networks import MFMNet
+
+    root = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints, root)
+    kw = dict(in_channels=1, resolution=32, widths=(8, 16, 16), latent_channels=4, decoder=True, projection_dim=8)
+    mfm = MFMNet(**kw)
+    save_module(mfm, kw, root / "phantom-cxr64", "mfm", meta={"preset": "phantom-cxr64"})
+    d = mfm.eval().features(torch.rand(1, 1, 64, 64)).shape[1]
+    dec = Decoupler(d, 2, margin=0.1, semantic_scale=1.0)
+    with torch.no_grad():
+        dec.filters.copy_(torch.randn(d, 2))
+        dec.patterns.copy_(torch.randn(d, 2))
+    save_decoupler(dec, root / "phantom-cxr64")
+    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0)
+    eng = load_engine(cfg, root)
+    assert [t.name for t in eng.objective.extra] == ["mdl"] and {"mfm", "decoupler"} <= set(eng.checkpoints)
+    x = torch.rand(2, 1, 64, 64)
+    refs = eng.objective.references(x)
+    total, parts = eng.objective.evaluate(torch.rand(2, 1, 64, 64), refs)
+    assert total.shape == parts["mdl"].shape == (2,) and torch.all(parts["mdl"] > 0)

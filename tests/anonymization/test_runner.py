@@ -191,3 +191,15 @@ def test_kill_9_then_resume_finishes_the_set(tmp_path, tiny_checkpoints, phantom
     assert len(rows) == len({r["pseudonym"] for r in rows}) == 12 and len(list((out / "images").iterdir())) == 12
     a, b = _images_by_source(whole), _images_by_source(out)
     assert a.keys() == b.keys() and max(np.abs(a[k] - b[k]).max() for k in a) <= 1
+
+
+def test_linkage_can_be_asked_for_after_the_run(tmp_path, tiny_checkpoints, phantom_dir):
+    out = tmp_path / "anon"
+    anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), out, checkpoints=tiny_checkpoints, progress=False, limit=5)
+    assert not (out / "private" / "linkage.csv").exists()
+    summary = anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), out, checkpoints=tiny_checkpoints,
+                                progress=False, limit=5, resume=True, write_linkage=True)
+    assert summary["this_call"]["released"] == 0                       # nothing redone
+    rows = (out / "private" / "linkage.csv").read_text().splitlines()
+    released = {p.stem for p in (out / "images").iterdir()}
+    assert rows[0] == "source,pseudonym" and {r.split(",")[1] for r in rows[1:]} == released and len(rows) == 6

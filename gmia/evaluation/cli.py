@@ -1,0 +1,133 @@
+"""Click commands of the evaluation: ``gmia evaluate``, ``gmia mia``, ``gmia sweep``, ``gmia report``.
+
+Each reads options, builds a config and calls one library function. Register them on the main group with
+``cli.add_command(evaluate_cmd)`` etc. (they are named ``evaluate``, ``mia``, ``sweep`` and ``report``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from ..config import PRESETS
+
+__all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "report_cmd", "COMMANDS"]
+
+_preset = click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
+_ckpt = click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+                     help="Folder holding <preset>/{attacker,identity,utility,mfm,aegan}.*")
+_device = click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+_threads = click.option("--threads", type=int, default=None, help="CPU threads.")
+_boot = click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for 95% intervals (0: none).")
+
+
+def _set_threads(threads):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@click.command("evaluate")
+@_preset
+@click.option("--real", "real_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="The real dataset the run anonymized (phantom or image folder).")
+@click.option("--anon", "anon_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="The anonymization run folder (needs private/linkage.csv: anonymize with --write-linkage).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Where metrics.json and figures go.")
+@_ckpt
+@click.option("--anon-train", type=click.Path(file_okay=False, exists=True), default=None,
+              help="An anonymization run of TRAINING patients: enables the adaptive attacker and train-on-anonymized.")
+@_boot
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N released images.")
+@click.option("--adaptive-epochs", type=int, default=None, help="Epochs of the adaptive attacker's retraining.")
+@_device
+@_threads
+def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, bootstrap, limit, adaptive_epochs,
+                 device, threads):
+    """Privacy (independent + adaptive attacker), control, utility, fidelity, record-level privacy."""
+    from .evaluate import EvalConfig, evaluate
+    from ..config import override
+
+    _set_threads(threads)
+    cfg = EvalConfig()
+    adaptive = override(cfg.adaptive, epochs=adaptive_epochs)
+    cfg = dataclasses.replace(override(cfg, bootstrap=bootstrap, limit=limit), adaptive=adaptive)
+    evaluate(preset, real_dir, anon_dir, out, checkpoints=checkpoints, anon_train=anon_train, cfg=cfg, device=device)
+
+
+@click.command("mia")
+@_preset
+@click.option("--members", type=click.Path(file_okay=False, exists=True), required=True,
+              help="The generator's training images (phantom folder: its --members-split).")
+@click.option("--nonmembers", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Held-out patients of the same distribution (phantom folder: its --nonmembers-split).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Where mia.json goes.")
+@click.option("--members-split", default="train", show_default=True, help="Split of --members (phantom folders).")
+@click.option("--nonmembers-split", default="test", show_default=True, help="Split of --nonmembers (phantom folders).")
+@click.option("--latent-fit", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Disjoint images to fit the latent Gaussian on (default: the pooled queries).")
+@click.option("--latent-fit-split", default="val", show_default=True)
+@click.option("--reference-checkpoint", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder with a reference aegan.* trained WITHOUT the members (GAN-Leaks calibration).")
+@_ckpt
+@click.option("--limit", type=int, default=None, help="Queries per side (default 500).")
+@click.option("--samples", type=int, default=None, help="Generated samples K for the nearest-sample attack.")
+@click.option("--refine-steps", type=int, default=None, help="Latent optimization steps of the white-box attack.")
+@_boot
+@_device
+@_threads
+def mia_cmd(preset, members, nonmembers, out, members_split, nonmembers_split, latent_fit, latent_fit_split,
+            reference_checkpoint, checkpoints, limit, samples, refine_steps, bootstrap, device, threads):
+    """Membership inference against the stage-1 generator (GAN-Leaks style, calibrated)."""
+    from ..config import override
+    from .mia import MIAConfig, membership_inference
+
+    _set_threads(threads)
+    cfg = override(MIAConfig(), limit=limit, samples=samples, refine_steps=refine_steps, bootstrap=bootstrap)
+    membership_inference(preset, members, nonmembers, out, checkpoints=checkpoints, members_split=members_split,
+                         nonmembers_split=nonmembers_split, latent_fit=latent_fit, latent_fit_split=latent_fit_split,
+                         reference_checkpoint=reference_checkpoint, cfg=cfg, device=device)
+
+
+@click.command("sweep")
+@_preset
+@click.option("--margins", default="0.3,0,-0.3", show_default=True, help="Comma-separated identity margins.")
+@click.option("--input", "input_dir", type=click.Path(file_okay=False, exists=True), required=True)
+@click.option("--split", default="test", show_default=True, help="Split to anonymize (phantom folders).")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--limit", type=int, default=None, help="Only the first N records per margin.")
+@click.option("--max-steps", type=int, default=None, help="Stage-2 steps per image.")
+@click.option("--batch-size", type=int, default=None, help="Stage-2 batch size.")
+@_ckpt
+@_boot
+@_device
+@_threads
+def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_size, checkpoints, bootstrap, device,
+              threads):
+    """Anonymize + evaluate at several margins: curve.csv and curve.png (attacker AUC vs. utility AUROC)."""
+    from ..config import override
+    from .evaluate import EvalConfig
+    from .sweep import parse_margins, sweep
+
+    _set_threads(threads)
+    sweep(preset, parse_margins(margins), input_dir, out, checkpoints=checkpoints, split=split, limit=limit,
+          eval_cfg=override(EvalConfig(), bootstrap=bootstrap),
+          anonymize_overrides={"max_steps": max_steps, "batch_size": batch_size}, device=device)
+
+
+@click.command("report")
+@click.argument("eval_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file (default EVAL_DIR/report.html).")
+@click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A `gmia sweep` folder whose curve to include.")
+@click.option("--mia", "mia_path", type=click.Path(exists=True), default=None, help="A mia.json (or its folder).")
+def report_cmd(eval_dir, out, sweep_dir, mia_path):
+    """One self-contained HTML page of an evaluation folder."""
+    from .report import write_report
+
+    click.echo(write_report(eval_dir, out, sweep=sweep_dir, mia=mia_path))
+
+
+COMMANDS = (evaluate_cmd, mia_cmd, sweep_cmd, report_cmd)

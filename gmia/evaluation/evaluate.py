@@ -1,0 +1,307 @@
+"""``gmia evaluate``: privacy, control, utility, fidelity and record-level privacy of an anonymized set.
+
+    from gmia.evaluation import evaluate
+    m = evaluate("phantom-cxr64", "data/phantom-cxr64", "outputs/anon", "outputs/eval")
+    m["privacy"]["attacker"]["auc_own_source"], m["utility"]["macro_auroc"]
+
+Writes OUT/metrics.json (sections below; NaN → null), OUT/examples.png (source | reconstruction | anonymized |
+difference) and OUT/roc.png. What each section measures, and why:
+
+- ``privacy.attacker``: the evaluation-only re-identifier (different architecture, loss and seed from E_id; the
+  optimizer never saw it) — see ``privacy`` for the pairs. ``privacy.e_id``: the same numbers with E_id, labelled
+  as the optimizer's own view (it was optimized against, so it is expected to look private).
+  ``privacy.adaptive_attacker``: the attacker retrained on the anonymized training patients (``--anon-train``).
+- ``control.attacker``: the attacker on stage-1 reconstructions G(E(x)) of the same sources: it must still
+  re-identify them, otherwise the privacy above comes from a blurry generator, not from the method.
+  ``control.attacker_on_originals``: the attacker's own strength on the originals (other-study pairs).
+- ``utility``, ``fidelity``, ``record_privacy``: see the modules of the same names.
+
+Only released images with a linkage row are evaluated (withheld ones are counted in ``inputs``): the numbers
+describe what is released. A network that is missing leaves its section as {"skipped": reason}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import networks
+from ..checkpoints import read_card
+from ..config import get_preset
+from ..errors import CheckpointError, InputError
+from ..projection.project import load_aegan, open_images
+from ..runs import atomic_write_json, log
+from . import plots
+from .adaptive import AdaptiveConfig, train_adaptive_attacker
+from .fidelity import frechet_distance, image_fidelity, perceptual_metric
+from .privacy import reid_metrics, reid_pairs, record_privacy, roc_points
+from .records import batched, load_anonymized, load_real, match, read_anonymized
+from .utility import classifier_utility, lesion_dice, probe_two_fold, probe_utility, run_net
+
+__all__ = ["EvalConfig", "evaluate", "load_networks", "clean_json"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of an evaluation (what a rerun needs to reproduce the numbers)."""
+
+    bootstrap: int = 500             # bootstrap resamples for 95% intervals (0: none)
+    max_negatives: int = 20000       # different-patient pairs kept per AUC (seeded subsample)
+    limit: int | None = None         # evaluate only the first N released images (by pseudonym)
+    max_reference: int | None = 4000  # training originals used for DCR / hidden rate (seeded subsample)
+    examples: int = 8                # rows of examples.png
+    batch_size: int = 128
+    seed: int = 0
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+
+def clean_json(obj):
+    """Strict JSON: NaN/inf → None, numpy scalars → Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _folder(preset: str, root: Path, name: str) -> Path:
+    """``<root>/<preset>`` or ``root`` itself when it holds ``name``.json (as gmia.networks.load does)."""
+    folder = networks.checkpoint_dir(preset, root)
+    return root if not (folder / f"{name}.json").is_file() and (root / f"{name}.json").is_file() else folder
+
+
+def load_networks(preset: str, checkpoints: str | Path, device) -> tuple[dict, dict]:
+    """({role: network} for those present, {role: sha256 or "missing: reason"}); role "aegan" is stage 1."""
+    nets, record = {}, {}
+    root = Path(checkpoints)
+    for role in ("attacker", "identity", "utility", "mfm", "aegan"):
+        try:
+            folder = _folder(preset, root, role)
+            nets[role] = load_aegan(folder, device) if role == "aegan" else networks.load(preset, role, root, device)
+            record[role] = read_card(folder, role)["sha256"]
+        except CheckpointError as exc:
+            record[role] = f"missing: {exc}"
+    if "attacker" not in nets:
+        raise CheckpointError(f"evaluation needs the independent attacker: {record['attacker'][9:]}")
+    return nets, record
+
+
+def _embed(net, x, cfg, device) -> np.ndarray:
+    return run_net(net.embed, x, cfg.batch_size, device)
+
+
+def _reference_embeddings(net, real, indices, cfg, device) -> np.ndarray:
+    """Embeddings of real records streamed from the dataset (never all images in memory)."""
+    parts = [_embed(net, load_real(real, chunk), cfg, device) for chunk in batched(indices, cfg.batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 1))
+
+
+def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, device, gallery_args) -> dict:
+    """Retrain the attacker on the anonymized training patients, then attack the evaluated images."""
+    if anon_train_dir is None:
+        return {"skipped": "no anonymized training-patient set given (--anon-train DIR): the adaptive attacker "
+                           "needs anonymized images of patients other than the evaluated ones to learn from"}
+    train_set = read_anonymized(anon_train_dir)
+    train_cohort = match(real, train_set)
+    overlap = np.isin(train_cohort.anon_patient, np.unique(cohort.anon_patient))
+    keep = np.flatnonzero(~overlap)
+    if len(np.unique(train_cohort.anon_patient[keep])) < 2:
+        return {"skipped": f"{anon_train_dir}: fewer than 2 patients that are not also evaluated"}
+    p = get_preset(preset)
+    images = load_anonymized(train_set, keep, p.channels, p.resolution)
+    patients = train_cohort.anon_patient[keep]
+    if cfg.adaptive.include_originals:
+        images = torch.cat([images, load_real(real, train_cohort.anon_source[keep])])
+        patients = np.concatenate([patients, patients])
+    folder = _folder(preset, Path(checkpoints), "attacker")
+    net, info = train_adaptive_attacker(read_card(folder, "attacker")["kwargs"], nets["attacker"].state_dict(),
+                                        images, patients, cfg.adaptive, device)
+    e_anon = _embed(net, x, cfg, device)
+    e_gal = _embed(net, gallery_args["x_gallery"], cfg, device)
+    out = reid_metrics(e_anon, cohort.anon_patient, cohort.anon_source, e_gal, gallery_args["patients"],
+                       cohort.gallery, cfg.bootstrap, max_negatives=cfg.max_negatives, seed=cfg.seed)
+    out["training"] = {**info, "anonymized_images": int(len(keep)), "dropped_overlapping_patients":
+                       int(overlap.sum()), "config": asdict(cfg.adaptive)}
+    return out
+
+
+def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, cfg, device) -> dict:
+    if "utility" not in nets:
+        return {"skipped": "no utility network for this preset"}
+    e_ut = nets["utility"]
+    findings = list(real.findings)
+    y = real.labels()[cohort.anon_source]
+    if not findings:
+        return {"skipped": "the real dataset has no finding labels"}
+    out = classifier_utility(run_net(e_ut.logits, x_anon, cfg.batch_size, device),
+                             run_net(e_ut.logits, x_src, cfg.batch_size, device), y, findings,
+                             cohort.anon_patient, cfg.bootstrap, cfg.seed)
+    feat_net, feat_name = (nets["mfm"], "mfm (label-free, not used by the optimizer)") if "mfm" in nets else \
+        (e_ut, "utility (E_ut features: the optimizer matched them, so this probe is not independent)")
+    feats = lambda x: run_net(feat_net.features, x, cfg.batch_size, device)  # noqa: E731
+    f_anon, f_src = feats(x_anon), feats(x_src)
+    if anon_train_dir is not None:
+        p = get_preset(preset)
+        tr = read_anonymized(anon_train_dir)
+        tc = match(real, tr)
+        keep = np.flatnonzero(~np.isin(tc.anon_patient, np.unique(cohort.anon_patient)))
+        probe = probe_utility(feats(load_anonymized(tr, keep, p.channels, p.resolution)),
+                              feats(load_real(real, tc.anon_source[keep])), real.labels()[tc.anon_source[keep]],
+                              f_src, y, findings)
+        probe["protocol"] = "anon-train: train on the anonymized training patients, test on the evaluated originals"
+    else:
+        probe = probe_two_fold(f_anon, f_src, y, cohort.anon_patient, findings, cfg.seed)
+        probe["protocol"] = ("patient-2fold: train on one half of the evaluated patients' anonymized images, test on "
+                             "the other half's originals, swap, average")
+    probe.update(classifier="logistic regression per finding (gmia.metrics.probe_findings)", features=feat_name)
+    out["train_on_anonymized"] = probe
+    if masks is not None and getattr(e_ut, "has_segmentation", False):
+        out["lesion_dice"] = lesion_dice(run_net(e_ut.segment, x_anon, cfg.batch_size, device),
+                                         run_net(e_ut.segment, x_src, cfg.batch_size, device), masks.numpy())
+    else:
+        out["lesion_dice"] = {"skipped": "no lesion masks in the real dataset or no segmentation head in E_ut"}
+    return out
+
+
+def _fidelity(nets, x_anon, x_src, x_rec, cfg, device) -> dict:
+    mfm = nets.get("mfm")
+    perceptual = perceptual_metric(mfm)
+    if perceptual is not None:
+        perceptual = perceptual.to(device)
+    run = lambda a, b: image_fidelity(a.to(device), b.to(device), perceptual, cfg.batch_size)  # noqa: E731
+    out = {"perceptual": perceptual.name if perceptual is not None else "none (no LPIPS weights, no MFM)",
+           "anonymized_vs_source": run(x_anon, x_src)}
+    out["reconstruction_vs_source"] = run(x_rec, x_src) if x_rec is not None else {"skipped": "no stage-1 model"}
+    space, net = ("mfm", mfm) if mfm is not None else ("utility", nets.get("utility"))
+    if net is None:
+        out["frechet"] = {"skipped": "no MFM and no utility network for a feature space"}
+        return out
+    f = lambda x: run_net(net.features, x, cfg.batch_size, device)  # noqa: E731
+    f_src = f(x_src)
+    fd = {"feature_space": f"{space} features ({'self-supervised domain encoder' if space == 'mfm' else 'E_ut, fallback'})",
+          "anonymized_vs_originals": frechet_distance(f(x_anon), f_src), "n_images": int(len(x_src))}
+    if x_rec is not None:
+        fd["reconstructions_vs_originals"] = frechet_distance(f(x_rec), f_src)
+    out["frechet"] = fd
+    return out
+
+
+def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: str | Path, *,
+             checkpoints: str | Path = "checkpoints", anon_train: str | Path | None = None,
+             cfg: EvalConfig = EvalConfig(), device: str | torch.device | None = None) -> dict:
+    """Evaluate the anonymized run ``anon_dir`` against the real dataset ``real_dir``; write ``out_dir``.
+
+    Returns the metrics dict that is written to ``out_dir/metrics.json``.
+    """
+    # ---- set up: data, linkage, networks
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    p = get_preset(preset)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    real = open_images(real_dir, None, p.resolution, p.channels)
+    anon = read_anonymized(anon_dir)
+    if cfg.limit is not None:
+        anon.pseudonyms, anon.sources = anon.pseudonyms[:cfg.limit], anon.sources[:cfg.limit]
+    cohort = match(real, anon)
+    if len(np.unique(cohort.anon_patient)) < 2:
+        raise InputError(f"{anon_dir}: the evaluated images come from fewer than 2 patients; verification needs "
+                         "different-patient pairs (evaluate more images)")
+    nets, shas = load_networks(preset, checkpoints, device)
+    log(None, f"evaluate: {len(anon.pseudonyms)} released images of {len(np.unique(cohort.anon_patient))} patients, "
+              f"gallery {len(cohort.gallery)} originals, {len(cohort.reference)} training originals")
+
+    # ---- images
+    x_anon = load_anonymized(anon, range(len(anon.pseudonyms)), p.channels, p.resolution)
+    if real.has_masks:
+        x_src, masks = load_real(real, cohort.anon_source, with_masks=True)
+    else:
+        x_src, masks = load_real(real, cohort.anon_source), None
+    x_gal = load_real(real, cohort.gallery)
+    x_rec = None
+    if "aegan" in nets:
+        x_rec = torch.cat([nets["aegan"].reconstruct(x_src[s:s + cfg.batch_size].to(device)).clamp(0, 1).cpu()
+                           for s in range(0, len(x_src), cfg.batch_size)])
+    gal_patient = cohort.real_patient[cohort.gallery]
+
+    # ---- privacy and control
+    atk = nets["attacker"]
+    e_anon, e_src, e_gal = (_embed(atk, x, cfg, device) for x in (x_anon, x_src, x_gal))
+    args = dict(bootstrap=cfg.bootstrap, max_negatives=cfg.max_negatives, seed=cfg.seed)
+    privacy = {"attacker": reid_metrics(e_anon, cohort.anon_patient, cohort.anon_source, e_gal, gal_patient,
+                                        cohort.gallery, **args)}
+    if "identity" in nets:
+        e_id = nets["identity"]
+        privacy["e_id"] = {"view": "the optimizer's own identity network E_id (optimized against: not an "
+                                   "independent attack)",
+                           **reid_metrics(_embed(e_id, x_anon, cfg, device), cohort.anon_patient, cohort.anon_source,
+                                          _embed(e_id, x_gal, cfg, device), gal_patient, cohort.gallery, **args)}
+    else:
+        privacy["e_id"] = {"skipped": shas["identity"]}
+    privacy["adaptive_attacker"] = _adaptive(nets, preset, checkpoints, real, anon_train, cohort, x_anon, cfg,
+                                             device, {"x_gallery": x_gal, "patients": gal_patient})
+    control = {"attacker_on_originals": reid_metrics(e_src, cohort.anon_patient, cohort.anon_source, e_gal,
+                                                     gal_patient, cohort.gallery, own_source=False, **args)}
+    e_rec = _embed(atk, x_rec, cfg, device) if x_rec is not None else None
+    control["attacker"] = (reid_metrics(e_rec, cohort.anon_patient, cohort.anon_source, e_gal, gal_patient,
+                                        cohort.gallery, **args) if e_rec is not None else
+                           {"skipped": shas["aegan"]})
+
+    # ---- record-level privacy (attacker space)
+    reference = cohort.reference
+    if cfg.max_reference is not None and len(reference) > cfg.max_reference:
+        reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
+    e_train = _reference_embeddings(atk, real, reference, cfg, device)
+    is_source = cohort.anon_source[:, None] == cohort.gallery[None, :]
+    record = record_privacy(e_anon, e_src, cohort.anon_patient, e_train if len(reference) else np.zeros((0, e_anon.shape[1])),
+                            e_gal, gal_patient, is_source)
+
+    # ---- utility, fidelity
+    utility = _utility(nets, real, cohort, x_anon, x_src, masks, anon_train, preset, cfg, device)
+    fidelity = _fidelity(nets, x_anon, x_src, x_rec, cfg, device)
+
+    # ---- record, figures
+    metrics = {
+        "inputs": {"preset": preset, "real": str(real_dir), "anon": str(anon_dir),
+                   "anon_train": None if anon_train is None else str(anon_train), "checkpoints": str(checkpoints),
+                   "evaluated_images": len(anon.pseudonyms), "evaluated_patients": int(len(np.unique(cohort.anon_patient))),
+                   "gallery_originals": int(len(cohort.gallery)), "source_splits": cohort.splits,
+                   "manifest": anon.status_counts(), "released_without_linkage": anon.unlinked,
+                   "note": "metrics cover released images only; withheld and failed records are counted in 'manifest'"},
+        "config": asdict(cfg), "networks": shas,
+        "privacy": privacy, "control": control, "utility": utility, "fidelity": fidelity, "record_privacy": record,
+    }
+    metrics = clean_json(metrics)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    _figures(out_dir, cfg, x_src, x_rec, x_anon, anon, cohort, e_anon, e_src, e_rec, e_gal, gal_patient)
+    a = privacy["attacker"]
+    log(None, f"attacker AUC own source {a['auc_own_source']:.3f}, other study {a['auc_same_patient_other_study']:.3f}, "
+              f"rank-1 {a['rank1']:.3f} -> {out_dir / 'metrics.json'}")
+    return metrics
+
+
+def _figures(out_dir, cfg, x_src, x_rec, x_anon, anon, cohort, e_anon, e_src, e_rec, e_gal, gal_patient) -> None:
+    """examples.png (first ``cfg.examples`` images by pseudonym) and roc.png (attacker, three probe sets)."""
+    k = min(cfg.examples, len(x_src))
+    if k:
+        plots.example_grid(x_src[:k], None if x_rec is None else x_rec[:k], x_anon[:k], out_dir / "examples.png",
+                           captions=[p[:8] for p in anon.pseudonyms[:k]])
+    curves = {}
+    for label, emb, key in (("anonymized, own source", e_anon, "own"), ("anonymized, other study", e_anon, "other"),
+                            ("reconstruction, other study", e_rec, "other"), ("original, other study", e_src, "other")):
+        if emb is None:
+            continue
+        pairs = reid_pairs(emb, cohort.anon_patient, cohort.anon_source, e_gal, gal_patient, cohort.gallery,
+                           cfg.max_negatives, cfg.seed)
+        if len(pairs[key]["score"]) and len(pairs["negative"]["score"]):
+            fpr, tpr = roc_points(pairs, key)
+            curves[label] = (fpr, tpr, float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr)))
+    if curves:
+        plots.roc_plot(curves, out_dir / "roc.png", "independent attacker: verification against originals")

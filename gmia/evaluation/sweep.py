@@ -1,0 +1,110 @@
+"""``gmia sweep``: the privacy knob, measured. Anonymize and evaluate the same images at several margins.
+
+    rows = sweep("phantom-cxr64", [0.3, 0.0, -0.3], "data/phantom-cxr64", "outputs/sweep", limit=64)
+
+Layout: OUT/m<margin>/anon (an anonymization run, with linkage), OUT/m<margin>/eval (metrics.json ...),
+OUT/curve.csv (one row per margin), OUT/curve.png (attacker AUC vs. utility AUROC), OUT/curve.json (rows and
+the monotonicity check). Rerunning the same command finishes what a killed sweep left (each run resumes).
+
+The design requires the curve to be monotone: a lower margin must never make the attacker *more* successful.
+``monotone`` checks that the attacker's own-source AUC does not rise by more than ``tolerance`` as the margin
+decreases. The adaptive attacker is not part of a sweep (it would need anonymized training patients per margin).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict
+from pathlib import Path
+
+from ..anonymization import anonymize_config, anonymize_dataset
+from ..config import get_preset
+from ..errors import ConfigError
+from ..projection.project import open_images
+from ..runs import atomic_write_json, atomic_write_text, log
+from .evaluate import EvalConfig, evaluate
+from .plots import curve_plot
+
+__all__ = ["sweep", "parse_margins", "curve_row", "CURVE_COLUMNS", "is_monotone"]
+
+CURVE_COLUMNS = ("margin", "released", "withheld", "attacker_auc_own_source", "attacker_auc_other_study",
+                 "attacker_rank1", "e_id_auc_own_source", "control_auc_other_study", "utility_macro_auroc",
+                 "utility_macro_auroc_originals", "psnr", "ssim", "hidden_rate")
+
+
+def parse_margins(text: str) -> list[float]:
+    """'0.3,0,-0.3' → [0.3, 0.0, -0.3], each a cosine in [-1, 1]."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--margins must be comma-separated numbers, e.g. 0.3,0,-0.3; got {text!r}") from None
+    bad = [v for v in values if not -1 <= v <= 1]
+    if not values or bad:
+        raise ConfigError(f"--margins must be cosines in [-1, 1]; got {text!r}")
+    return values
+
+
+def curve_row(margin: float, m: dict) -> dict:
+    """The numbers of one margin's metrics.json that make the curve."""
+    g = lambda *path: _get(m, path)  # noqa: E731
+    return {"margin": margin, "released": g("inputs", "manifest", "released"),
+            "withheld": g("inputs", "manifest", "withheld"),
+            "attacker_auc_own_source": g("privacy", "attacker", "auc_own_source"),
+            "attacker_auc_other_study": g("privacy", "attacker", "auc_same_patient_other_study"),
+            "attacker_rank1": g("privacy", "attacker", "rank1"),
+            "e_id_auc_own_source": g("privacy", "e_id", "auc_own_source"),
+            "control_auc_other_study": g("control", "attacker", "auc_same_patient_other_study"),
+            "utility_macro_auroc": g("utility", "macro_auroc"),
+            "utility_macro_auroc_originals": g("utility", "macro_auroc_originals"),
+            "psnr": g("fidelity", "anonymized_vs_source", "psnr"), "ssim": g("fidelity", "anonymized_vs_source", "ssim"),
+            "hidden_rate": g("record_privacy", "hidden_rate")}
+
+
+def _get(d: dict, path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def is_monotone(rows: list[dict], key: str = "attacker_auc_own_source", tolerance: float = 0.01) -> bool:
+    """True when ``key`` never rises by more than ``tolerance`` as the margin decreases."""
+    ordered = [r[key] for r in sorted(rows, key=lambda r: -r["margin"]) if r.get(key) is not None]
+    return all(b <= a + tolerance for a, b in zip(ordered, ordered[1:]))
+
+
+def sweep(preset: str, margins: list[float], input_dir: str | Path, out_dir: str | Path, *,
+          checkpoints: str | Path = "checkpoints", split: str | None = "test", limit: int | None = None,
+          eval_cfg: EvalConfig = EvalConfig(), anonymize_overrides: dict | None = None, tolerance: float = 0.01,
+          device=None, progress: bool = True) -> list[dict]:
+    """Anonymize ``input_dir`` at each margin, evaluate each run, write the curve; returns its rows."""
+    p = get_preset(preset)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = split if (Path(input_dir) / "phantom.json").is_file() else None
+    dataset = open_images(input_dir, split, p.resolution, p.channels)
+    rows = []
+    for margin in margins:
+        run = out_dir / f"m{margin:+.2f}"
+        cfg = anonymize_config(preset, margin=margin, **(anonymize_overrides or {}))
+        log(None, f"sweep: margin {margin:+.2f} -> {run}")
+        # resume=True: a fresh folder starts, a killed one finishes, a finished one is left as it is
+        anonymize_dataset(cfg, dataset, run / "anon", checkpoints=checkpoints, device=device, resume=True,
+                          limit=limit, write_linkage=True, progress=progress)
+        metrics = evaluate(preset, input_dir, run / "anon", run / "eval", checkpoints=checkpoints, cfg=eval_cfg,
+                           device=device)
+        rows.append(curve_row(margin, metrics))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CURVE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if r[k] is None else r[k]) for k in CURVE_COLUMNS} for r in rows])
+    atomic_write_text(out_dir / "curve.csv", buf.getvalue())
+    curve_plot(rows, out_dir / "curve.png")
+    monotone = is_monotone(rows, tolerance=tolerance)
+    atomic_write_json(out_dir / "curve.json", {"preset": preset, "input": str(input_dir), "split": split,
+                                               "limit": limit, "monotone_attacker_auc": monotone,
+                                               "tolerance": tolerance, "eval_config": asdict(eval_cfg), "rows": rows})
+    log(None, f"sweep: {len(rows)} margins, attacker AUC monotone in the margin: {monotone} -> {out_dir / 'curve.csv'}")
+    return rows
