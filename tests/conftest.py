@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from gmia.data.phantoms.base import PhantomSet
 
@@ -26,3 +27,41 @@ def toy_phantom_set(patients: int = 4, studies: int = 3, size: int = 16, channel
 @pytest.fixture
 def toy_set():
     return toy_phantom_set()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Toy-sized networks gain nothing from intra-op threads, and on a busy shared CPU OpenMP barriers can make a
+    2-thread forward pass many times slower than a 1-thread one. Restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# Toy-sized real architectures for a phantom-cxr64 checkpoint folder (64 px in, random weights).
+TINY_CKPT = {
+    "aegan": ("AEGAN", dict(img_resolution=64, img_channels=1, w_dim=32, channel_base=128, channel_max=16)),
+    "identity": ("IdentityNet", dict(in_channels=1, resolution=32, widths=(8, 16, 16), blocks=(1, 1, 1), stem_width=8,
+                                     embed_dim=32)),
+    "utility": ("UtilityNet", dict(in_channels=1, resolution=32, num_findings=2, growth=4, blocks=(2, 2),
+                                   init_features=8, feature_dim=16)),
+    "attacker": ("AttackerNet", dict(in_channels=1, resolution=32, widths=(8, 16, 16), convs=(1, 1, 1), embed_dim=32)),
+    "mfm": ("MFMNet", dict(in_channels=1, resolution=32, widths=(8, 16, 16), latent_channels=4)),
+}
+
+
+def save_tiny_checkpoints(root, roles=("aegan", "identity", "utility"), overrides=None, seed=0):
+    """Write ``<root>/phantom-cxr64/<role>.*`` for each role: seeded random toy networks; returns ``root``."""
+    from gmia import networks
+    from gmia.checkpoints import save_module
+    from gmia.projection.model import AEGAN
+
+    classes = {"AEGAN": AEGAN, "IdentityNet": networks.IdentityNet, "UtilityNet": networks.UtilityNet,
+               "AttackerNet": networks.AttackerNet, "MFMNet": networks.MFMNet}
+    torch.manual_seed(seed)
+    for role in roles:
+        cls, kw = TINY_CKPT[role]
+        kw = {**kw, **(overrides or {}).get(role, {})}
+        save_module(classes[cls](**kw), kw, root / "phantom-cxr64", role, meta={"preset": "phantom-cxr64"})
+    return root

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def planted(patients: int = 120, studies: int = 4, d: int = 32, k: int = 4, findings: int = 2, seed: int = 0,

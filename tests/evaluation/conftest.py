@@ -11,44 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from gmia.checkpoints import save_module
 from gmia.data.datasets import PhantomFolder
 from gmia.data.phantoms.writer import write
 from gmia.data.preprocess import save_image
-from gmia.networks import AttackerNet, IdentityNet, MFMNet, UtilityNet
-from gmia.projection.model import AEGAN
 
-from tests.conftest import toy_phantom_set
+from tests.conftest import save_tiny_checkpoints, toy_phantom_set
 
-TINY_AEGAN = dict(img_resolution=64, img_channels=1, w_dim=32, channel_base=128, channel_max=16)
-TINY_ID = dict(in_channels=1, resolution=32, widths=(8, 16, 16), blocks=(1, 1, 1), stem_width=8, embed_dim=32)
-TINY_UT = dict(in_channels=1, resolution=32, num_findings=2, growth=4, blocks=(2, 2), init_features=8, feature_dim=16,
-               segment=True, decoder_width=8)
-TINY_ATK = dict(in_channels=1, resolution=32, widths=(8, 16, 16), convs=(1, 1, 1), embed_dim=32)
-TINY_MFM = dict(in_channels=1, resolution=32, widths=(8, 16, 16), latent_channels=4)
 TRAIN_PATIENTS, TEST_PATIENTS, STUDIES = 4, 6, 3
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
 def eval_checkpoints(tmp_path_factory):
-    """<root>/phantom-cxr64/{aegan,identity,utility,attacker,mfm}: seeded random toy networks."""
-    root = tmp_path_factory.mktemp("eval-ckpt")
-    folder = root / "phantom-cxr64"
-    torch.manual_seed(0)
-    meta = {"preset": "phantom-cxr64"}
-    for cls, kw, name in ((AEGAN, TINY_AEGAN, "aegan"), (IdentityNet, TINY_ID, "identity"),
-                          (UtilityNet, TINY_UT, "utility"), (AttackerNet, TINY_ATK, "attacker"),
-                          (MFMNet, TINY_MFM, "mfm")):
-        save_module(cls(**kw), kw, folder, name, meta=meta)
-    return root
+    """<root>/phantom-cxr64/{aegan,identity,utility,attacker,mfm}: seeded random toy networks (E_ut segments)."""
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("eval-ckpt"),
+                                 ("aegan", "identity", "utility", "attacker", "mfm"),
+                                 overrides={"utility": dict(segment=True, decoder_width=8)})
 
 
 @pytest.fixture(scope="session")

@@ -35,14 +35,3 @@ def tiny_kwargs(kind: str, in_channels: int = 1, resolution: int = 32) -> dict:
 def tiny_net_kwargs():
     return tiny_kwargs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy networks gain nothing from intra-op threads, and on a busy shared CPU OpenMP barriers can make a
-    2-thread forward pass 100x slower than a 1-thread one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

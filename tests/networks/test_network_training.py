@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+
+from gmia.checkpoints import read_card
 from click.testing import CliRunner
 
 from gmia import networks
@@ -52,11 +54,14 @@ def test_one_epoch_writes_checkpoint_card_and_test_metrics(cxr_dir, tmp_path, ro
     assert (run / "config.json").is_file() and not (run / "snapshot.pt").exists()
     lines = [json.loads(s) for s in (run / "stats.jsonl").read_text().splitlines()]
     assert lines[0]["epoch"] == 1 and lines[-1]["final"] is True
-    # reload through the registry: frozen, and the same function as the trained network
+    # reload through the registry: frozen, stored in fp16, and the same function as the trained network up to
+    # fp16 rounding of the weights (relative error ~1e-3)
     loaded = networks.load("phantom-cxr64", role, root=tmp_path)
+    assert read_card(tmp_path / "phantom-cxr64", role)["dtype"] == "float16"
     x = torch.rand(3, 1, 64, 64)
     verb = "embed" if role in ("identity", "attacker") else "features"
-    assert torch.allclose(getattr(loaded, verb)(x), getattr(result.network.eval(), verb)(x), atol=1e-5)
+    a, b = getattr(loaded, verb)(x), getattr(result.network.eval(), verb)(x)
+    assert (a - b).norm() <= 1e-2 * b.norm()
     # rerunning the same command is a no-op; another config is refused
     assert train(cfg, cxr_dir, tmp_path / "phantom-cxr64", progress=False).resumed_complete
     with pytest.raises(ConfigError, match="another config"):

@@ -45,15 +45,6 @@ class SigintAfter(FeatureLoss):
         return super().forward(x_hat, x)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy-sized tensors gain nothing from intra-op threads, and on a shared runner spinning OpenMP threads made
-    these tests ~5x slower. Restored after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def tiny_cfg():
