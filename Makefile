@@ -76,15 +76,18 @@ mia: data/phantom-cxr64/phantom.json
 
 # ---- the shipped weights ------------------------------------------------------------------------------
 # Reproduces checkpoints/phantom-*/ on a CPU (hours; see each card for the exact command and time).
-# Order matters: the MFM is the offline perceptual loss of stage 1. THREADS=1 is fastest on a shared CPU.
+# Order matters: the decoupler is fitted on the MFM's features; the stage-1 acceptance table (written into the
+# aegan card) uses the attacker and the utility network. THREADS=1 is fastest on a shared CPU.
 THREADS ?= 2
 train-phantom: phantom-data
 	@for p in phantom-cxr64 phantom-face64; do \
 	  for role in mfm identity utility attacker; do \
 	    $(GMIA) train $$role --preset $$p --threads $(THREADS) --quiet || exit 1; \
 	  done; \
+	  $(GMIA) fit-decoupler --preset $$p --data data/$$p --out checkpoints/$$p || exit 1; \
 	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p --resume --quiet || exit 1; \
 	  cp runs/aegan-$$p/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
+	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) --update-card || exit 1; \
 	done
 
 # ---- benchmarks -------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--refine-steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N test images (whole patients first)")
     ap.add_argument("--update-card", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,6 +53,8 @@ def main() -> None:
     folder = Path(args.aegan or Path(args.checkpoints) / args.preset)
     model = load_aegan(folder)
     ds = open_images(args.data or f"data/{args.preset}", "test", model.img_resolution, model.img_channels)
+    if args.limit:
+        ds = ds.select(range(min(args.limit, len(ds))))
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     patients = np.array(ds.patients())
     study0 = np.array([k.endswith("_00.png") for k in ds.keys()])
@@ -79,7 +82,7 @@ def main() -> None:
         return rank_k(gallery, patients[study0], probes, patients[~study0], k=1)
 
     auroc_orig = macro_auroc(labels, batched(utility.logits, x).numpy())
-    table = {"test_images": len(x), "refine_steps": args.refine_steps, "seconds": round(seconds, 1),
+    table = {"test_images": len(x), "test_patients": len(set(patients)), "refine_steps": args.refine_steps, "seconds": round(seconds, 1),
              "attacker_rank1_originals": rank1(x), "utility_macro_auroc_originals": auroc_orig}
     for name in ("encoder", "refined"):
         auroc = macro_auroc(labels, batched(utility.logits, recon[name]).numpy())

@@ -141,8 +141,9 @@ class _Run:
             images.append(x)
         if items:
             x = torch.stack(images).to(self.device)
-            if self.cfg.refine_steps > 0:
-                w0 = project_images(self.engine.model, x, self.cfg.refine_steps)["w"]
+            if self.cfg.refine_steps > 0:  # refined under each image's own noise, as it will be rendered
+                seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
+                w0 = project_images(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds)["w"]
             else:  # w_0 = E(x): no need for project_images' extra render and metrics
                 with torch.no_grad():
                     w0 = self.engine.model.encode(x)

@@ -11,7 +11,8 @@ difference) and OUT/roc.png. What each section measures, and why:
   optimizer never saw it) — see ``privacy`` for the pairs. ``privacy.e_id``: the same numbers with E_id, labelled
   as the optimizer's own view (it was optimized against, so it is expected to look private).
   ``privacy.adaptive_attacker``: the attacker retrained on the anonymized training patients (``--anon-train``).
-- ``control.attacker``: the attacker on stage-1 reconstructions G(E(x)) of the same sources: it must still
+- ``control.attacker``: the attacker on stage-1 reconstructions of the same sources (the run's own projection:
+  E(x), refined as the run was, rendered with its noise): it must still
   re-identify them, otherwise the privacy above comes from a blurry generator, not from the method.
   ``control.attacker_on_originals``: the attacker's own strength on the originals (other-study pairs).
 - ``utility``, ``fidelity``, ``record_privacy``: see the modules of the same names.
@@ -194,6 +195,24 @@ def _fidelity(nets, x_anon, x_src, x_rec, cfg, device) -> dict:
     return out
 
 
+def stage1_reconstructions(model, x: torch.Tensor, keys: list[str], run_config: dict, batch_size: int,
+                           device) -> torch.Tensor:
+    """The images stage 2 started from: the run's projection (E(x), refined for its ``refine_steps``) rendered
+    with its noise (per-image seeds from the record keys), so the control matches what was optimized."""
+    from ..anonymization import decode, record_seed
+    from ..projection.project import project_images
+
+    refine, noise = int(run_config.get("refine_steps", 0)), run_config.get("noise", "const")
+    out = []
+    for s in range(0, len(x), batch_size):
+        seeds = [record_seed(k, int(run_config.get("seed", 0))) for k in keys[s:s + batch_size]]
+        xs = x[s:s + batch_size].to(device)
+        w = project_images(model, xs, refine, noise_seeds=seeds if noise == "per-image" else None)["w"]
+        with torch.no_grad():
+            out.append(decode(model, w, seeds, noise).cpu())
+    return torch.cat(out) if out else x[:0]
+
+
 def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: str | Path, *,
              checkpoints: str | Path = "checkpoints", anon_train: str | Path | None = None,
              cfg: EvalConfig = EvalConfig(), device: str | torch.device | None = None) -> dict:
@@ -227,8 +246,8 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
     x_gal = load_real(real, cohort.gallery)
     x_rec = None
     if "aegan" in nets:
-        x_rec = torch.cat([nets["aegan"].reconstruct(x_src[s:s + cfg.batch_size].to(device)).clamp(0, 1).cpu()
-                           for s in range(0, len(x_src), cfg.batch_size)])
+        x_rec = stage1_reconstructions(nets["aegan"], x_src, [real.keys()[i] for i in cohort.anon_source],
+                                       anon.run.get("config", {}), cfg.batch_size, device)
     gal_patient = cohort.real_patient[cohort.gallery]
 
     # ---- privacy and control

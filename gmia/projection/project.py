@@ -91,9 +91,10 @@ class LatentRefiner:
     """
 
     def __init__(self, model: AEGAN, x: torch.Tensor, w_init: torch.Tensor, loss: ReconstructionLoss,
-                 steps: int, lr: float = 0.03, noise_mode: str = "const"):
+                 steps: int, lr: float = 0.03, noise_mode: str = "const", noise_seeds: list[int] | None = None):
         self.model, self.x, self.loss, self.steps, self.lr = model, x, loss, int(steps), float(lr)
         self.noise_mode = noise_mode
+        self.noise_seeds = noise_seeds  # per-image fixed noise (stage 2 renders with the same), else noise_mode
         self.w = w_init.detach().clone().requires_grad_(True)
         self.opt = torch.optim.Adam([self.w], lr=lr, betas=(0.9, 0.999))
         self.best = w_init.detach().clone()
@@ -101,7 +102,12 @@ class LatentRefiner:
         self.t = 0
 
     def _evaluate(self) -> torch.Tensor:
-        total, _ = self.loss(self.model.synthesize(self.w, noise_mode=self.noise_mode), self.x)
+        if self.noise_seeds is not None:
+            gens = [torch.Generator().manual_seed(int(s)) for s in self.noise_seeds]
+            x_hat = self.model.synthesize(self.w, noise_mode="random", noise_generator=gens)
+        else:
+            x_hat = self.model.synthesize(self.w, noise_mode=self.noise_mode)
+        total, _ = self.loss(x_hat, self.x)
         return total  # (N,)
 
     def _keep_best(self, total: torch.Tensor) -> None:
@@ -129,7 +135,7 @@ class LatentRefiner:
 
 def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.03,
                    perceptual: PerceptualLoss | None = None, lambda_mse: float = 1.0,
-                   lambda_perc: float = 1.0) -> dict:
+                   lambda_perc: float = 1.0, noise_seeds: list[int] | None = None) -> dict:
     """Project a batch x (N, C, R, R) in [0, 1].
 
     Returns {"w_encoder", "x_hat_encoder", "metrics_encoder"} and, refined (or equal without refinement),
@@ -147,7 +153,7 @@ def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_
     out = {"w_encoder": w0, "x_hat_encoder": x0, "metrics_encoder": reconstruction_metrics(x0, x, perceptual),
            "loss_encoder": loss0}
     if refine_steps > 0:
-        refiner = LatentRefiner(model, x, w0, loss, refine_steps, lr=refine_lr)
+        refiner = LatentRefiner(model, x, w0, loss, refine_steps, lr=refine_lr, noise_seeds=noise_seeds)
         with torch.enable_grad():
             for _ in range(refine_steps):
                 refiner.step()

@@ -19,7 +19,7 @@ from gmia.errors import ConfigError
 def _cfg(**kw):
     # m = 1 is always met: images are released after a few utility-only steps (a real, nontrivial trajectory)
     base = dict(margin=1.0, privacy=None, hinge_slack=0.0, patience=3, utility_ratio=0.0, max_steps=6, lr=0.05,
-                batch_size=4)
+                batch_size=4, refine_steps=2)
     return dataclasses.replace(anonymize_config("phantom-cxr64"), **{**base, **kw})
 
 
