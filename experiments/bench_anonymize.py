@@ -185,13 +185,14 @@ def main() -> None:
     p.add_argument("--ref-steps", type=int, default=1000, help="reference steps per image (>= 1)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"], help="engine precision")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = anonymize_config(args.preset, privacy=None, margin=args.margin, batch_size=args.batch_size,
-                           max_steps=args.max_steps)
+                           max_steps=args.max_steps, precision=args.precision)
     engine = load_engine(cfg, args.checkpoints, device)
     ds = open_images(args.data, "test", engine.model.img_resolution, engine.model.img_channels)
     n_eng = min(args.images, len(ds))

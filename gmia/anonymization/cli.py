@@ -51,6 +51,8 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--patience", type=int, default=None,
               help="Steps without a utility gain before a private image stops (0: stop at the hinge, fastest).")
 @click.option("--refine-steps", type=int, default=None, help="Projection refinement steps for w_0 (0: E(x) only).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="Optimization precision (auto: bf16 on CUDA, fp32 on CPU); the privacy gate is always fp32.")
 @click.option("--limit", type=int, default=None, help="Only the first N records (of this shard).")
 @click.option("--shard", default=None, help="i/n: this process takes records i, i+n, ... (same --out for all).")
 @click.option("--resume", is_flag=True, help="Finish a killed run in --out (same settings).")
@@ -64,15 +66,16 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
-              lr, patience, refine_steps, limit, shard, resume, write_linkage, seed, device, threads, fail_on_error,
-              dry_run, quiet):
+              lr, patience, refine_steps, precision, limit, shard, resume, write_linkage, seed, device, threads,
+              fail_on_error, dry_run, quiet):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
 
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""
     from .runner import anonymize_dataset, parse_shard
 
     cfg = anonymize_config(preset, privacy=privacy, margin=margin, batch_size=batch_size, max_steps=max_steps,
-                           lr=lr, patience=patience, refine_steps=refine_steps, seed=seed)
+                           lr=lr, patience=patience, refine_steps=refine_steps, precision=precision,
+                           seed=seed)
     shard_t = parse_shard(shard)
     if dry_run:
         click.echo(json.dumps({"out": out, "shard": shard_t, "limit": limit, "config": config_dict(cfg)}, indent=2))

@@ -30,6 +30,7 @@ __all__ = ["AnonymizeConfig", "PRESETS", "UTILITY_FORMS", "NOISE_MODES", "anonym
 
 UTILITY_FORMS = ("l2", "mse")
 NOISE_MODES = ("per-image", "const")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class AnonymizeConfig:
     # execution
     batch_size: int = 32             # images optimized together
     noise: str = "per-image"         # "per-image": fixed noise seeded from the record key; "const": G's buffers
+    precision: str = "auto"          # optimization forward passes: "fp32", "bf16" (autocast), "auto" = bf16 on CUDA,
+    #                                  fp32 on CPU (exact batch independence). The gate always runs in fp32.
+    #                                  bf16 on a CPU with AMX: 20.9 vs 32.2 ms per image-step at batch 32 (measured)
     seed: int = 0                    # mixed into every per-image seed
     output_bits: int | None = None   # PNG bit depth (None: match each input file; 8 or 16)
 
@@ -75,6 +79,7 @@ class AnonymizeConfig:
             (-1.0 <= self.margin <= 1.0, f"margin must be in [-1, 1] (a cosine), got {self.margin}"),
             (self.utility_form in UTILITY_FORMS, f"utility_form must be one of {UTILITY_FORMS}, got {self.utility_form!r}"),
             (self.noise in NOISE_MODES, f"noise must be one of {NOISE_MODES}, got {self.noise!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.max_steps >= 1 and self.batch_size >= 1, "max_steps and batch_size must be >= 1"),
             (self.lr > 0 and 0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, "lr > 0 and betas in [0, 1)"),
             (self.patience >= 0 and self.gate_retries >= 0 and self.refine_steps >= 0,

@@ -76,6 +76,8 @@ class LatentOptimizer:
     def __init__(self, model, objective: Objective, cfg: AnonymizeConfig):
         self.model, self.objective, self.cfg = model, objective, cfg
         self.device = next(model.parameters()).device
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.items: list[Item] = []
         self._rows: dict[str, torch.Tensor] = {}
 
@@ -122,9 +124,11 @@ class LatentOptimizer:
         cfg, r = self.cfg, self._rows
         t0 = time.perf_counter()
         w = r["w"].detach().requires_grad_(True)
-        x_a = decode(self.model, w, [it.seed for it in self.items], cfg.noise)
         refs = {k[4:]: v for k, v in r.items() if k.startswith("ref/")}
-        total, parts = self.objective.evaluate(x_a, refs, margin=r["target"])
+        with torch.autocast(**self.autocast):
+            x_a = decode(self.model, w, [it.seed for it in self.items], cfg.noise)
+            total, parts = self.objective.evaluate(x_a, refs, margin=r["target"])
+        total, parts = total.float(), {k: v.float() for k, v in parts.items()}
         (grad,) = torch.autograd.grad(total.sum(), w)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5)
         with torch.no_grad():

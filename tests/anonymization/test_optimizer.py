@@ -134,3 +134,14 @@ def test_mdl_term_is_wired_in_when_its_weight_is_set(tiny_checkpoints, tmp_path)
     refs = eng.objective.references(x)
     total, parts = eng.objective.evaluate(torch.rand(2, 1, 64, 64), refs)
     assert total.shape == parts["mdl"].shape == (2,) and torch.all(parts["mdl"] > 0)
+
+
+def test_bf16_precision_runs_and_tracks_fp32(engine):
+    x, w0 = _data(2, seed=5)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        opt = LatentOptimizer(engine.model, engine.objective, _cfg(precision=precision))
+        opt.add(_items(2), w0, x)
+        out[precision] = opt.step()
+    assert out["bf16"].loss.dtype == torch.float32
+    assert torch.allclose(out["bf16"].cos_id, out["fp32"].cos_id, atol=0.05)
