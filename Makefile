@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.gmia-installed
 DATASET   ?= phantom
 DATA_ROOT ?=
 CKPT      ?=
-PRIVACY   ?= medium
+PRIVACY   ?= high
 OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)
 LIMIT     ?= 64
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import PRIVACY_LEVELS, margin_for, override
+from ..config import DEFAULT_PRIVACY, PRIVACY_LEVELS, margin_for, override
 from ..errors import ConfigError
 
 __all__ = ["AnonymizeConfig", "PRESETS", "UTILITY_FORMS", "NOISE_MODES", "anonymize_config"]
@@ -38,8 +38,8 @@ class AnonymizeConfig:
     """Everything that defines a stage-2 run (and so must match when a run is resumed)."""
 
     preset: str                      # gmia preset: resolution, channels, checkpoints/<preset>/
-    margin: float = 0.0              # m: an image is private when cos(E_id(x_R), E_id(x_A)) <= m
-    privacy: str | None = "medium"   # the named level m came from (None: an explicit --margin)
+    margin: float = PRIVACY_LEVELS[DEFAULT_PRIVACY]  # m: private when cos(E_id(x_R), E_id(x_A)) <= m
+    privacy: str | None = DEFAULT_PRIVACY  # the named level m came from (None: an explicit --margin)
     # losses (reference: λ_id = λ_ut = 1, L_ut as MSE over the 512 features; the paper writes the L2 norm)
     lambda_id: float = 1.0           # weight of the identity hinge max(0, cos - m)
     lambda_ut: float = 1.0           # weight of the utility distance
@@ -100,14 +100,17 @@ RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "
 PRESETS: dict[str, AnonymizeConfig] = {
     # 64 px phantoms: w_0 refined for 50 steps (at 50 kimg of stage 1, on 200 test images: SSIM 0.59 -> 0.71,
     # attacker rank-1 on reconstructions 0.29 -> 0.67, utility AUROC kept 0.70 -> 0.87; it costs ~12 stage-2 steps)
-    "phantom-cxr64": AnonymizeConfig(preset="phantom-cxr64", margin=PRIVACY_LEVELS["medium"], privacy="medium",
+    "phantom-cxr64": AnonymizeConfig(preset="phantom-cxr64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
+                                     privacy=DEFAULT_PRIVACY,
                                      refine_steps=50),
-    "phantom-face64": AnonymizeConfig(preset="phantom-face64", margin=PRIVACY_LEVELS["medium"], privacy="medium",
+    "phantom-face64": AnonymizeConfig(preset="phantom-face64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
+                                     privacy=DEFAULT_PRIVACY,
                                       refine_steps=50),
     # The published setting: README margin -0.7, MSE utility, stop at the hinge (patience 0).
     "gmia-cxr256": AnonymizeConfig(preset="gmia-cxr256", margin=PRIVACY_LEVELS["max"], privacy="max", utility_form="mse",
                                    patience=0, batch_size=8),
-    "face256": AnonymizeConfig(preset="face256", margin=PRIVACY_LEVELS["medium"], privacy="medium", batch_size=8),
+    "face256": AnonymizeConfig(preset="face256", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
+                                     privacy=DEFAULT_PRIVACY, batch_size=8),
 }
 
 

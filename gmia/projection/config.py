@@ -26,7 +26,7 @@ steps, ~+15% per image by the costs above; it shapes the latent space, which rec
 No perceptual term at 64 px: with the MFM as the offline perceptual network a step costs 110-170 ms/image
 (20-30 kimg/h), without it ~60 ms/image (~60 kimg/h) — twice the images in the same CPU time, and pixel MSE
 already sees every structure that matters at this size (``--perceptual mfm`` turns it back on).
-The shipped checkpoints trained 130 kimg (about 2 h 10 min on one shared CPU core; see their cards).
+The shipped checkpoints trained 100 kimg (1 h 34 min of steps on one shared CPU core; see their cards).
 Batch 16 (more updates per kimg than 32 at the same cost per image); R1 γ from the StyleGAN2-ADA "auto" rule
 0.0002·R²/batch ≈ 0.05; EMA half-life batch·10/32 = 5 kimg with ramp-up 0.05. Augmentation: the phantoms already
 vary pose per study, so only mild extras: ±5° rotation for chest (no flip: laterality is anatomy), horizontal
@@ -142,7 +142,7 @@ ARCHITECTURE_FIELDS = ("resolution", "img_channels", "latent", "w_dim", "channel
 
 _PHANTOM64 = dict(resolution=64, latent="w", w_dim=512, channel_base=2048, channel_max=128, d_channel_base=1024,
                   d_channel_max=128, lambda_gan=0.1, batch=16, r1_gamma=0.05, r1_interval=16, pl_weight=0.0, ema_kimg=5.0,
-                  ema_rampup=0.05, kimg=130.0, tick_kimg=1.0, snapshot_ticks=10, grid_ticks=5, perceptual="none",
+                  ema_rampup=0.05, kimg=100.0, tick_kimg=1.0, snapshot_ticks=10, grid_ticks=5, perceptual="none",
                   lambda_perc=0.0)
 
 PRESETS: dict[str, AeganConfig] = {
