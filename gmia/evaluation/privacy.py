@@ -126,6 +126,9 @@ def reid_metrics(probe_emb, probe_patient, probe_source, gallery_emb, gallery_pa
     for name, key in kinds:
         auc, ci = auc_with_ci(pairs[key], pairs["negative"], bootstrap, seed)
         out[f"auc_{name}"] = auc
+        # An AUC far below 0.5 leaks too: the images are systematically *unlike* their source, and an attacker
+        # who flips the sign of the score links them. The linkability is the distance from chance either way.
+        out[f"auc_{name}_linkability"] = max(auc, 1.0 - auc) if auc == auc else auc
         if ci is not None:
             out[f"auc_{name}_ci95"] = ci
         out[f"cos_{name}_mean"] = float(pairs[key]["score"].mean()) if len(pairs[key]["score"]) else float("nan")

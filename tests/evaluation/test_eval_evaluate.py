@@ -90,3 +90,17 @@ def test_frechet_distance_matches_closed_form():
     # N(0, I) vs N(1, 4I) in 3-D: |mu|^2 = 3, tr = 3 + 12 - 2 * 3 * 2 = 3 -> 6
     assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.05)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_anti_similar_images_are_reported_as_linkable():
+    """Images pushed to the opposite of their source (AUC << 0.5) are as linkable as copies: linkability ~ 1."""
+    import numpy as np
+
+    from gmia.evaluation.privacy import reid_metrics
+
+    rng = np.random.default_rng(0)
+    n = 30
+    gallery = rng.standard_normal((n, 16)).astype(np.float32)
+    ids = np.arange(n)
+    out = reid_metrics(-gallery, ids, ids, gallery, ids, ids)
+    assert out["auc_own_source"] < 0.05 and out["auc_own_source_linkability"] > 0.95
