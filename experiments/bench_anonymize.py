@@ -42,7 +42,7 @@ from gmia.anonymization import Item, LatentOptimizer, anonymize_config, decode, 
 from gmia.anonymization.config import config_dict
 from gmia.anonymization.losses import identity_cosine, utility_distance
 from gmia.metrics import macro_auroc
-from gmia.projection.project import open_images, project_images
+from gmia.projection.project import open_images, project_codes
 
 
 def memory_mark(device: torch.device) -> dict:
@@ -68,7 +68,7 @@ def run_engine(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         if items:
             x = torch.stack(images).to(device)
             seeds = [it.seed for it in items] if cfg.noise == "per-image" else None
-            w0 = project_images(engine.model, x, cfg.refine_steps, noise_seeds=seeds)["w"]  # as the runner does
+            w0 = project_codes(engine.model, x, cfg.refine_steps, noise_seeds=seeds)  # as the runner does
             opt.add(items, w0, x)
         if opt.active == 0:
             break

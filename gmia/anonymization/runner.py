@@ -26,7 +26,7 @@ from ..checkpoints import read_card
 from ..data.datasets import ImageDataset
 from ..data.preprocess import source_bits
 from ..errors import CheckpointError, ConfigError, GmiaError, InputError
-from ..projection.project import load_aegan, project_images
+from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
 from .config import RESULT_FIELDS, AnonymizeConfig, config_dict
 from .gate import release, write_and_check
@@ -69,8 +69,6 @@ class Engine:
 def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", device="cpu") -> Engine:
     """Load ``<checkpoints>/<preset>/{aegan,identity,utility}`` and build the stage-2 objective."""
     folder = networks.checkpoint_dir(cfg.preset, checkpoints)
-    if not (folder / "aegan.json").is_file() and (Path(checkpoints) / "aegan.json").is_file():
-        folder = Path(checkpoints)  # the folder holding the files itself
     if not (folder / "aegan.json").is_file():
         raise CheckpointError(f"no stage-1 model for preset {cfg.preset!r}: expected {folder / 'aegan.safetensors'} "
                               f"and aegan.json. Train it with `gmia train aegan --preset {cfg.preset} --out RUN` and "
@@ -102,7 +100,7 @@ def _sanitize(message: str, *names: str) -> str:
 class _Run:
     """One call of ``anonymize_dataset``: the loop and its bookkeeping."""
 
-    def __init__(self, cfg, engine, dataset, folder, todo, device, progress):
+    def __init__(self, cfg, engine, dataset, folder, todo: list[tuple[int, str, str]], device, progress):
         self.cfg, self.engine, self.dataset, self.folder = cfg, engine, dataset, folder
         self.todo, self.device = todo, device
         self.opt = LatentOptimizer(engine.model, engine.objective, cfg)
@@ -111,11 +109,6 @@ class _Run:
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
 
     # ---- input ---------------------------------------------------------------------------------------------
-    def _records(self) -> Iterator[tuple[int, str, str]]:
-        keys = self.dataset.keys()
-        for i in self.todo:
-            yield i, keys[i], self.folder.pseudonym(keys[i])
-
     def _fill(self, source: Iterator) -> None:
         """Top the batch up to batch_size with newly read and projected records."""
         items, images = [], []
@@ -141,17 +134,14 @@ class _Run:
             images.append(x)
         if items:
             x = torch.stack(images).to(self.device)
-            if self.cfg.refine_steps > 0:  # refined under each image's own noise, as it will be rendered
-                seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
-                w0 = project_images(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds)["w"]
-            else:  # w_0 = E(x): no need for project_images' extra render and metrics
-                with torch.no_grad():
-                    w0 = self.engine.model.encode(x)
+            seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
+            w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds)  # refined under
+            # each image's own noise, as it will be rendered
             self.opt.add(items, w0, x)
 
     # ---- output --------------------------------------------------------------------------------------------
     def _error(self, index: int, key: str, pseudonym: str, exc: Exception) -> None:
-        path = str(self.dataset.path_of(index)) if hasattr(self.dataset, "path_of") else ""
+        path = str(self.dataset.path_of(index))
         text = f"{type(exc).__name__}: {exc}"
         row = {"pseudonym": pseudonym, "status": "error", "error": _sanitize(text, path, key, Path(key).name)}
         self.folder.record(row, source_key=key, error=text)
@@ -209,7 +199,7 @@ class _Run:
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
-        source = self._records()
+        source = iter(self.todo)  # (index, key, pseudonym) of the records still to do
         steps = 0
         while True:
             self._fill(source)
@@ -242,9 +232,9 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
     result_config = {k: v for k, v in config_dict(cfg).items() if k in RESULT_FIELDS}
     folder = RunFolder(out, record, result_config, resume, shard)
     i, n = shard
-    todo = [j for j in range(len(dataset)) if j % n == i][:limit]
     keys = dataset.keys()
-    todo = [j for j in todo if folder.pseudonym(keys[j]) not in folder.done]
+    todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(len(dataset)) if j % n == i][:limit]
+    todo = [t for t in todo if t[2] not in folder.done]
     t0 = time.time()
     run = _Run(cfg, engine, dataset, folder, todo, device, progress)
     run.run()

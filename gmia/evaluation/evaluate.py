@@ -200,14 +200,14 @@ def stage1_reconstructions(model, x: torch.Tensor, keys: list[str], run_config: 
     """The images stage 2 started from: the run's projection (E(x), refined for its ``refine_steps``) rendered
     with its noise (per-image seeds from the record keys), so the control matches what was optimized."""
     from ..anonymization import decode, record_seed
-    from ..projection.project import project_images
+    from ..projection.project import project_codes
 
     refine, noise = int(run_config.get("refine_steps", 0)), run_config.get("noise", "const")
     out = []
     for s in range(0, len(x), batch_size):
         seeds = [record_seed(k, int(run_config.get("seed", 0))) for k in keys[s:s + batch_size]]
         xs = x[s:s + batch_size].to(device)
-        w = project_images(model, xs, refine, noise_seeds=seeds if noise == "per-image" else None)["w"]
+        w = project_codes(model, xs, refine, noise_seeds=seeds if noise == "per-image" else None)
         with torch.no_grad():
             out.append(decode(model, w, seeds, noise).cpu())
     return torch.cat(out) if out else x[:0]

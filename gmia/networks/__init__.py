@@ -56,8 +56,12 @@ ROLES = tuple(ROLE_CLASSES)
 
 
 def checkpoint_dir(preset: str, root: str | Path = "checkpoints") -> Path:
-    """Where ``load`` looks for the weights of ``preset``: ``<root>/<preset>``."""
-    return Path(root) / preset
+    """Where the weights of ``preset`` live: ``<root>/<preset>``, or ``root`` itself when it has no such folder
+    but holds checkpoint cards directly (a user's ``CKPT=/models/gmia-cxr256``)."""
+    folder = Path(root) / preset
+    if not folder.is_dir() and any(Path(root).glob("*.json")):
+        return Path(root)
+    return folder
 
 
 def load(preset: str, role: str, root: str | Path = "checkpoints", device: str | torch.device = "cpu") -> FrozenNet:
@@ -71,8 +75,6 @@ def load(preset: str, role: str, root: str | Path = "checkpoints", device: str |
     if role not in ROLE_CLASSES:
         raise ConfigError(f"unknown network role {role!r}; valid roles: {', '.join(ROLES)}")
     folder = checkpoint_dir(preset, root)
-    if not (folder / f"{role}.json").is_file() and (Path(root) / f"{role}.json").is_file():
-        folder = Path(root)  # root is the checkpoint folder itself (e.g. a user's CKPT=/models/gmia-cxr256)
     weights, card_path = folder / f"{role}.safetensors", folder / f"{role}.json"
     if not weights.is_file() or not card_path.is_file():
         make = ("`make train-phantom` (or `gmia train {role} --preset {preset} --out {folder}`)"

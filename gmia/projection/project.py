@@ -34,7 +34,7 @@ from .config import ProjectionConfig
 from .losses import PerceptualLoss, ReconstructionLoss, build_perceptual
 from .model import AEGAN
 
-__all__ = ["LatentRefiner", "load_aegan", "open_images", "project_dataset", "project_images",
+__all__ = ["LatentRefiner", "load_aegan", "open_images", "project_codes", "project_dataset", "project_images",
            "reconstruction_metrics", "run_projection", "save_grid"]
 
 LATENTS_FORMAT = "gmia-latents/1"
@@ -131,6 +131,22 @@ class LatentRefiner:
         with torch.enable_grad():
             self._keep_best(self._evaluate())
         return self.best, self.best_loss
+
+
+@torch.no_grad()
+def project_codes(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.03,
+                  noise_seeds: list[int] | None = None) -> torch.Tensor:
+    """Just the codes of x: E(x), refined on pixel MSE for ``refine_steps`` under each image's noise
+    (``noise_seeds``) or constant noise. What stage 2 starts from; no reconstructions, no metrics."""
+    w0 = model.encode(x)
+    if refine_steps <= 0:
+        return w0
+    refiner = LatentRefiner(model, x, w0, ReconstructionLoss(1.0, 0.0, None), refine_steps, lr=refine_lr,
+                            noise_seeds=noise_seeds)
+    with torch.enable_grad():
+        for _ in range(refine_steps):
+            refiner.step()
+    return refiner.finish()[0]
 
 
 def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.03,

@@ -203,3 +203,11 @@ def test_linkage_can_be_asked_for_after_the_run(tmp_path, tiny_checkpoints, phan
     rows = (out / "private" / "linkage.csv").read_text().splitlines()
     released = {p.stem for p in (out / "images").iterdir()}
     assert rows[0] == "source,pseudonym" and {r.split(",")[1] for r in rows[1:]} == released and len(rows) == 6
+
+
+def test_checkpoints_may_point_at_the_folder_holding_the_files(tmp_path, tiny_checkpoints, phantom_dir):
+    """--checkpoints /models/x (the files themselves) works like --checkpoints /models (holding <preset>/)."""
+    out = tmp_path / "anon"
+    summary = anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), out, checkpoints=tiny_checkpoints / "phantom-cxr64",
+                                progress=False, limit=2)
+    assert summary["released"] == 2
