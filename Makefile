@@ -14,7 +14,7 @@ PRIVACY   ?= high
 OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)
 LIMIT     ?= 64
 
-.PHONY: install test test-fast anonymize evaluate mia phantom-data train-phantom bench clean
+.PHONY: install test test-fast check-report anonymize evaluate mia phantom-data train-phantom bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,14 @@ test: install
 # Everything but the tests marked slow, for quick iterations.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The report rendered by a real browser. Chromium is not on PyPI: npm's @sparticuz/chromium carries the browser
+# inside the package (no CDN download), so this needs node/npm and the npm registry only. ~70 MB in .cache/.
+CHROMIUM_NPM := @sparticuz/chromium@147.0.0 puppeteer-core@24.43.1
+check-report: install
+	@command -v npm >/dev/null || { echo "make check-report needs node and npm (the browser comes from the npm registry)" >&2; exit 2; }
+	npm install --silent --no-audit --no-fund --prefix .cache/chromium $(CHROMIUM_NPM)
+	GMIA_NODE_MODULES=.cache/chromium/node_modules $(PY) -m pytest -q tests/evaluation/test_eval_report.py -k chromium -rs
 
 # ---- data -----------------------------------------------------------------------------------------
 # The shipped synthetic benchmarks; seeds and sizes come from the presets in gmia/config.py.

@@ -9,7 +9,7 @@ import torch
 
 from ..config import PRIVACY_LEVELS, get_preset
 from ..errors import ConfigError
-from .config import PRESETS, anonymize_config, config_dict
+from .config import PRECISIONS, PRESETS, SPEED_PROFILES, anonymize_config, config_dict
 
 __all__ = ["anonymize", "open_input"]
 
@@ -51,8 +51,18 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--patience", type=int, default=None,
               help="Steps without a utility gain before a private image stops (0: stop at the hinge, fastest).")
 @click.option("--refine-steps", type=int, default=None, help="Projection refinement steps for w_0 (0: E(x) only).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
-              help="Optimization precision (auto: bf16 on CUDA, fp32 on CPU); the privacy gate is always fp32.")
+@click.option("--speed", type=click.Choice(list(SPEED_PROFILES)), default=None,
+              help="quality (default): refined start, utility polish after the hinge. fast: stop at the hinge from "
+                   "E(x), lr 0.1, bf16 where the hardware has it (flags below still win).")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default=None,
+              help="Optimization precision (auto: bf16 on CUDA, fp32 on CPU; auto-bf16: also bf16 on CPUs with "
+                   "native bf16); the privacy gate is always fp32.")
+@click.option("--lambda-mdl", type=float, default=None,
+              help="Weight of the MFM/MDL third term (0: off). Needs <preset>/mfm.* and decoupler.* checkpoints.")
+@click.option("--lambda-sem", type=float, default=None, help="MDL term: weight of the semantic-part distance.")
+@click.option("--lambda-mid", type=float, default=None, help="MDL term: weight of the MFM identity-part hinge.")
+@click.option("--mdl-margin", type=float, default=None, help="MDL term: margin m' of the identity-part hinge "
+              "(default: the decoupler's calibrated one).")
 @click.option("--limit", type=int, default=None, help="Only the first N records (of this shard).")
 @click.option("--shard", default=None, help="i/n: this process takes records i, i+n, ... (same --out for all).")
 @click.option("--resume", is_flag=True, help="Finish a killed run in --out (same settings).")
@@ -66,15 +76,16 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
-              lr, patience, refine_steps, precision, limit, shard, resume, write_linkage, seed, device, threads,
+              lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin, limit, shard, resume, write_linkage, seed, device, threads,
               fail_on_error, dry_run, quiet):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
 
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""
     from .runner import anonymize_dataset, parse_shard
 
-    cfg = anonymize_config(preset, privacy=privacy, margin=margin, batch_size=batch_size, max_steps=max_steps,
+    cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size, max_steps=max_steps,
                            lr=lr, patience=patience, refine_steps=refine_steps, precision=precision,
+                           lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid, mdl_margin=mdl_margin,
                            seed=seed)
     shard_t = parse_shard(shard)
     if dry_run:

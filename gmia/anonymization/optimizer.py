@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import AnonymizeConfig
+from .config import AnonymizeConfig, use_bf16
 from .losses import Objective
 
 __all__ = ["Item", "Finished", "StepResult", "LatentOptimizer", "decode"]
@@ -76,8 +76,8 @@ class LatentOptimizer:
     def __init__(self, model, objective: Objective, cfg: AnonymizeConfig):
         self.model, self.objective, self.cfg = model, objective, cfg
         self.device = next(model.parameters()).device
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
+                             enabled=use_bf16(cfg.precision, self.device))
         self.items: list[Item] = []
         self._rows: dict[str, torch.Tensor] = {}
 

@@ -17,7 +17,8 @@ __all__ = ["fit_decoupler_command"]
               help="Folder for decoupler.safetensors + decoupler.json (the card holds the report).")
 @click.option("--mfm-checkpoints", default="checkpoints", show_default=True,
               help="Folder holding <preset>/mfm.safetensors + mfm.json.")
-@click.option("--method", type=click.Choice(METHODS), default="scatter", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="coding_rate", show_default=True,
+              help="coding_rate: learned split, refined from the closed-form scatter split (scatter).")
 @click.option("--shrinkage", type=float, default=None, help="Within-scatter regularization δ (default 0.01).")
 @click.option("--rank", type=int, default=None, help="Force the identity rank k (default: MDL choice).")
 @click.option("--max-rank", type=int, default=None, help="Upper bound on the MDL rank.")

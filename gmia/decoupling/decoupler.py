@@ -9,6 +9,9 @@
   space is an LDA-style verifier). This is "P_id MFM(x)" of the stage-2 term; it is centered, because a cosine
   of uncentered features would mostly measure the shared mean.
 * ``semantic(f) = (I − A_k V_k')(f − μ)``: the oblique complement (see ``scatter``), in feature space (N, d).
+* ``code_rank`` m ≤ k (default k): the identity code is the first m of the k removed coordinates. A learned split
+  (``coding_rate``) may remove many more directions than carry identity (within-patient noise that carries
+  neither identity nor findings); they are dropped from the semantic part but need not be in the code.
 
 Both are plain matrix products, differentiable with respect to f, with frozen buffers. The checkpoint is a
 gmia checkpoint (``decoupler.safetensors`` + ``decoupler.json``) whose kwargs rebuild the shapes and carry the
@@ -41,11 +44,15 @@ class Decoupler(nn.Module):
                  margin: float = 0.0,           # m': default hinge on cos(identity codes), calibrated on impostors
                  semantic_scale: float = 1.0,   # typical ‖semantic(f_a) − semantic(f_b)‖ between two studies of
                                                 # one patient: the unit of the stage-2 semantic distance
+                 code_rank: int | None = None,  # m: identity-code coordinates (the first m of the k; None: k)
                  ):
         super().__init__()
         if not 1 <= rank <= feature_dim:
             raise InputError(f"Decoupler rank must be in [1, feature_dim={feature_dim}], got {rank}")
+        if code_rank is not None and not 1 <= code_rank <= rank:
+            raise InputError(f"Decoupler code_rank must be in [1, rank={rank}], got {code_rank}")
         self.feature_dim, self.rank = int(feature_dim), int(rank)
+        self.code_rank = self.rank if code_rank is None else int(code_rank)
         self.margin, self.semantic_scale = float(margin), float(semantic_scale)
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("filters", torch.zeros(feature_dim, rank))    # V_k: identity read-out
@@ -53,8 +60,11 @@ class Decoupler(nn.Module):
 
     @property
     def kwargs(self) -> dict:
-        return {"feature_dim": self.feature_dim, "rank": self.rank, "margin": self.margin,
-                "semantic_scale": self.semantic_scale}
+        kw = {"feature_dim": self.feature_dim, "rank": self.rank, "margin": self.margin,
+              "semantic_scale": self.semantic_scale}
+        if self.code_rank != self.rank:
+            kw["code_rank"] = self.code_rank
+        return kw
 
     @classmethod
     def from_scatter(cls, fit: ScatterFit, rank: int, margin: float = 0.0, semantic_scale: float = 1.0) -> "Decoupler":
@@ -71,8 +81,8 @@ class Decoupler(nn.Module):
         return f - self.mean
 
     def identity(self, f: torch.Tensor) -> torch.Tensor:
-        """Identity code (N, rank)."""
-        return self._check(f) @ self.filters
+        """Identity code (N, code_rank)."""
+        return self._check(f) @ self.filters[:, :self.code_rank]
 
     def semantic(self, f: torch.Tensor) -> torch.Tensor:
         """Semantic part (N, d), centered: the features with the identity coordinates removed."""
@@ -82,10 +92,11 @@ class Decoupler(nn.Module):
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fc = self._check(f)
         u = fc @ self.filters
-        return fc - u @ self.patterns.T, u
+        return fc - u @ self.patterns.T, u[:, :self.code_rank]
 
     def extra_repr(self) -> str:
-        return f"feature_dim={self.feature_dim}, rank={self.rank}, margin={self.margin:.3f}"
+        code = f", code_rank={self.code_rank}" if self.code_rank != self.rank else ""
+        return f"feature_dim={self.feature_dim}, rank={self.rank}{code}, margin={self.margin:.3f}"
 
 
 register_class("gmia.decoupling.Decoupler", Decoupler)

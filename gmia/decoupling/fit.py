@@ -4,8 +4,10 @@
 
 Three disjoint sets of patients, so that no number is measured on the patients that produced it:
 
-* ``train``: the scatter (directions) is fitted here, and the report's probes are trained here;
-* ``val``:   the MDL rank k and the hinge margin m' are chosen here (held-out code length, impostor cosines);
+* ``train``: the scatter (directions) is fitted here — and, for ``method="coding_rate"``, the learned
+             subspace (``coding_rate``) — and the report's probes are trained here;
+* ``val``:   the MDL rank k and the hinge margin m' are chosen here (held-out code length, impostor cosines;
+             for ``coding_rate``: rank, trade-off and step by the val rate reductions);
 * ``test``:  the report (``report.audit``) is measured here.
 
 The checkpoint card's ``meta`` carries the report, the MDL curve and the provenance (MFM sha256, data).
@@ -14,7 +16,7 @@ The checkpoint card's ``meta`` carries the report, the MDL curve and the provena
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from ..checkpoints import read_card
 from ..data.datasets import PhantomFolder
 from ..errors import ConfigError, InputError
 from ..metrics import verification_scores
+from .coding_rate import CodingRateConfig, fit_coding_rate
 from .decoupler import Decoupler, save_decoupler
 from .mdl import select_rank
 from .report import audit, format_table, rank_sweep
@@ -32,18 +35,22 @@ from .scatter import fit_scatter
 
 __all__ = ["FitConfig", "METHODS", "extract_features", "fit_from_features", "fit_decoupler", "calibrate"]
 
-METHODS = ("scatter",)
+METHODS = ("scatter", "coding_rate")
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    method: str = "scatter"        # closed form (``scatter``); a learned option is not implemented yet
+    # ``coding_rate`` (learned refinement of the scatter split, default) or ``scatter`` (closed form). On the
+    # phantom-cxr64 MFM, 200 held-out patients: semantic-part identity AUC 0.572 vs 0.699, findings kept 1.035 vs
+    # 0.991 of raw, identity-code AUC 0.950 vs 0.958 -- only coding_rate meets all three targets.
+    method: str = "coding_rate"
     shrinkage: float = 0.01        # δ: within-scatter regularization, relative to its mean eigenvalue
     max_rank: int | None = None    # cap on k (None: up to the feature size)
     rank: int | None = None        # force k (skips the MDL choice; for ablations)
     margin_quantile: float = 0.95  # m' = this quantile of impostor cosines of identity codes (val patients)
     sweep: bool = True             # also audit the semantic part at 2k, 4k, 8k (the privacy/findings trade-off)
     seed: int = 0
+    coding_rate: CodingRateConfig = field(default_factory=CodingRateConfig)  # method="coding_rate" only
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -84,21 +91,29 @@ def calibrate(decoupler: Decoupler, feats, patients, quantile: float = 0.95) -> 
 
 
 def fit_from_features(train: dict, val: dict, cfg: FitConfig = FitConfig()) -> tuple[Decoupler, dict]:
-    """Fit the scatter on ``train``, choose k (MDL) and m' on ``val``; returns (decoupler, fit info).
-    ``info["scatter"]`` is the ScatterFit (not JSON; dropped before saving)."""
-    fit = fit_scatter(train["features"], train["patients"], cfg.shrinkage)
-    sel = select_rank(fit, val["features"], val["patients"], max_rank=cfg.max_rank)
-    rank = sel["rank"] if cfg.rank is None else int(cfg.rank)
-    dec = Decoupler.from_scatter(fit, rank)
+    """Fit on ``train``, choose k (and, for ``coding_rate``, the trade-off and step) and m' on ``val``;
+    returns (decoupler, fit info). ``info["scatter"]`` is the ScatterFit (not JSON; dropped before saving)."""
+    if cfg.method == "coding_rate":
+        learned = fit_coding_rate(train, val, cfg.coding_rate, shrinkage=cfg.shrinkage, rank=cfg.rank,
+                                  max_rank=cfg.max_rank, seed=cfg.seed)
+        fit, dec = learned.scatter, learned.decoupler
+        sel = select_rank(fit, val["features"], val["patients"], max_rank=cfg.max_rank)
+        rank, ratio = learned.rank, learned.ratio
+        extra = {"coding_rate": {k: v for k, v in learned.info.items() if k not in ("rank", "rank_mdl", "ratio")}}
+    else:
+        fit = fit_scatter(train["features"], train["patients"], cfg.shrinkage)
+        sel = select_rank(fit, val["features"], val["patients"], max_rank=cfg.max_rank)
+        rank = sel["rank"] if cfg.rank is None else int(cfg.rank)
+        dec, ratio, extra = Decoupler.from_scatter(fit, rank), fit.ratio, {}
     margin, scale = calibrate(dec, val["features"], val["patients"], cfg.margin_quantile)
     dec.margin, dec.semantic_scale = margin, scale
-    top = min(len(fit.ratio), max(2 * rank, 32))
-    info = {"rank": rank, "rank_mdl": sel["rank"], "margin": margin, "semantic_scale": scale,
-            "fit_patients": fit.patients, "fit_images": fit.images, "heldout_images": sel["heldout_images"],
-            "param_bits": sel["param_bits"],
+    top = min(len(fit.ratio), max(2 * sel["rank"], 32))
+    info = {"method": cfg.method, "rank": rank, "rank_mdl": sel["rank"], "margin": margin,
+            "semantic_scale": scale, "fit_patients": fit.patients, "fit_images": fit.images,
+            "heldout_images": sel["heldout_images"], "param_bits": sel["param_bits"],
             "mdl_objective_bits": [round(float(v), 2) for v in sel["objective"][:top + 1]],
             "saved_bits": [round(float(v), 2) for v in sel["saved_bits"][:top]],
-            "ratio": [round(float(v), 4) for v in fit.ratio[:top]], "scatter": fit}
+            "ratio": [round(float(v), 4) for v in ratio[:top]], **extra, "scatter": fit}
     return dec, info
 
 
@@ -137,7 +152,12 @@ def fit_decoupler(preset: str, data_dir, out_dir, *, mfm_checkpoints="checkpoint
     report = audit(dec, tr["features"], tr["patients"], tr["labels"], te["features"], te["patients"], te["labels"],
                    findings=findings, seed=cfg.seed)
     fit = info.pop("scatter")
-    if cfg.sweep:
+    if cfg.sweep and cfg.method == "coding_rate":
+        # the scatter split it started from (same rank) and the scatter MDL rank: what the learning changed
+        ranks = sorted({info["rank_mdl"], dec.rank})
+        report["rank_sweep"] = [dict(row, split="scatter") for row in rank_sweep(
+            fit, ranks, tr["features"], tr["patients"], tr["labels"], te["features"], te["patients"], te["labels"])]
+    elif cfg.sweep:
         ranks = sorted({min(r, dec.feature_dim - 1) for r in (2 * dec.rank, 4 * dec.rank, 8 * dec.rank)} - {dec.rank})
         report["rank_sweep"] = rank_sweep(fit, ranks, tr["features"], tr["patients"], tr["labels"], te["features"],
                                           te["patients"], te["labels"])
@@ -152,9 +172,10 @@ def fit_decoupler(preset: str, data_dir, out_dir, *, mfm_checkpoints="checkpoint
             "data": str(data_dir), "findings": findings, "report": report}
     save_decoupler(dec, out_dir, meta=_json_safe(meta))
     if verbose:
-        print(f"decoupler: k = {info['rank']} identity coordinates of {dec.feature_dim} (MDL choice "
-              f"{info['rank_mdl']}), m' = {info['margin']:.3f}; fit on {info['fit_patients']} patients, "
-              f"audit on {report['held_out']['patients']} held-out patients")
+        code = f", identity code of {dec.code_rank}" if dec.code_rank != dec.rank else ""
+        print(f"decoupler ({cfg.method}): k = {info['rank']} identity coordinates of {dec.feature_dim}{code} "
+              f"(scatter MDL choice {info['rank_mdl']}), m' = {info['margin']:.3f}; fit on "
+              f"{info['fit_patients']} patients, audit on {report['held_out']['patients']} held-out patients")
         print(format_table(report))
         print(f"saved {Path(out_dir) / 'decoupler.json'}")
     return report

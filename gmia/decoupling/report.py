@@ -114,7 +114,8 @@ def audit(decoupler, train_feats, train_patients, train_labels, test_feats, test
 
         s_tr, u_tr = split(train_feats)
         s_te, u_te = split(test_feats)
-    d, k = s_tr.shape[1], u_tr.shape[1]
+    # k = directions the semantic part removes (the identity code may keep fewer: Decoupler.code_rank)
+    d, k = s_tr.shape[1], int(getattr(decoupler, "rank", u_tr.shape[1]))
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d - k)))  # random subspace, rank d − k
     mu = np.asarray(train_feats, np.float64).mean(0)
     sets = {"raw": (train_feats, test_feats), "semantic": (s_tr, s_te), "identity": (u_tr, u_te),
@@ -159,7 +160,8 @@ def format_table(report: dict) -> str:
                      f"{acc['identity_identity_auc']:.3f} (>= 0.90): {'PASS' if acc['passed'] else 'FAIL'}; "
                      f"id AUC of the finding scores alone: {acc['findings_only_identity_auc']:.3f}")
     for row in report.get("rank_sweep", []):
-        lines.append(f"  rank {row['rank']:>4}: semantic id AUC {row['identity_auc']:.3f}, finding AUROC "
+        split = f"{row['split']} " if "split" in row else ""
+        lines.append(f"  {split}rank {row['rank']:>4}: semantic id AUC {row['identity_auc']:.3f}, finding AUROC "
                      f"{row['finding_auroc']:.3f}")
     return "\n".join(lines)
 

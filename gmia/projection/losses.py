@@ -164,13 +164,13 @@ class LpipsLoss(PerceptualLoss):
         return self.model(x_hat, x, normalize=True).flatten()
 
 
-def _load_mfm(preset: str | None) -> FeatureLoss:
+def _load_mfm(preset: str | None, checkpoints: str | Path = "checkpoints") -> FeatureLoss:
     if preset is None:
         raise CheckpointError("no preset given, so there is no MFM to measure perceptual distance with")
     try:
         from gmia import networks
-        loss = FeatureLoss(networks.load(preset, "mfm"), name="mfm")
-        weights = Path(networks.checkpoint_dir(preset)) / "mfm.safetensors"
+        loss = FeatureLoss(networks.load(preset, "mfm", checkpoints), name="mfm")
+        weights = Path(networks.checkpoint_dir(preset, checkpoints)) / "mfm.safetensors"
     except (ImportError, AttributeError) as exc:
         raise CheckpointError(f"gmia.networks.load is not available ({exc})") from None
     if weights.is_file():
@@ -179,8 +179,9 @@ def _load_mfm(preset: str | None) -> FeatureLoss:
 
 
 def build_perceptual(kind: str, preset: str | None, lpips_weights: str | Path | None = None,
-                     device: str | torch.device = "cpu") -> PerceptualLoss | None:
-    """The perceptual term for ``kind`` ("auto", "lpips", "mfm", "none"); None for "none". See the module doc."""
+                     device: str | torch.device = "cpu", checkpoints: str | Path = "checkpoints") -> PerceptualLoss | None:
+    """The perceptual term for ``kind`` ("auto", "lpips", "mfm", "none"); None for "none". See the module doc.
+    ``checkpoints``: where the preset's MFM is looked up (a root holding <preset>/, or the preset folder)."""
     if kind == "none":
         return None
     if kind not in ("auto", "lpips", "mfm"):
@@ -195,7 +196,7 @@ def build_perceptual(kind: str, preset: str | None, lpips_weights: str | Path | 
                                   f"{Path(torch.hub.get_dir()) / 'checkpoints'}); {fix}")
         return LpipsLoss(weights).to(device)
     try:
-        return _load_mfm(preset).to(device)
+        return _load_mfm(preset, checkpoints).to(device)
     except CheckpointError as exc:
         raise CheckpointError(f"perceptual '{kind}': no LPIPS trunk weights and no MFM for preset {preset!r} "
                               f"({exc}); {fix}") from None

@@ -264,7 +264,9 @@ def run_projection(cfg: ProjectionConfig, preset: str | None, input_dir: str | P
     model = load_aegan(checkpoint, device=device)
     dataset = open_images(input_dir, cfg.split, model.img_resolution, model.img_channels)
     try:
-        perceptual = build_perceptual(cfg.perceptual, preset, cfg.lpips_weights, device)
+        # the MFM is looked up beside the stage-1 checkpoint first (a user's folder), then in checkpoints/
+        mfm_root = checkpoint if (Path(checkpoint) / "mfm.json").is_file() else "checkpoints"
+        perceptual = build_perceptual(cfg.perceptual, preset, cfg.lpips_weights, device, checkpoints=mfm_root)
     except CheckpointError as exc:
         if cfg.perceptual != "auto":
             raise

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import torch
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -157,6 +158,29 @@ def test_cli_dry_run_resolves_the_privacy_level():
     res = CliRunner().invoke(cli, ["anonymize", "--input", "x", "--out", "y", "--margin", "1.5"])
     assert res.exit_code != 0 and "[-1, 1]" in res.output
 
+
+
+def test_speed_profile_sets_its_fields_and_flags_still_win():
+    res = CliRunner().invoke(cli, ["anonymize", "--input", "x", "--out", "y", "--speed", "fast", "--lr", "0.05",
+                                   "--lambda-mdl", "2", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.output)["config"]
+    assert (cfg["patience"], cfg["refine_steps"], cfg["precision"]) == (0, 0, "auto-bf16")
+    assert cfg["lr"] == 0.05 and cfg["lambda_mdl"] == 2.0           # explicit flags override the profile
+    quality = anonymize_config("phantom-cxr64", speed="quality")
+    assert quality == anonymize_config("phantom-cxr64") and quality.refine_steps == 50
+    with pytest.raises(ConfigError, match="speed profile"):
+        anonymize_config("phantom-cxr64", speed="ludicrous")
+
+
+def test_bf16_choice_by_precision_and_device(monkeypatch):
+    from gmia.anonymization.config import use_bf16
+
+    assert not use_bf16("auto", "cpu") and use_bf16("auto", "cuda") and use_bf16("bf16", "cpu")
+    assert not use_bf16("fp32", "cuda")
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        assert use_bf16("auto-bf16", "cpu") is native
 
 @pytest.mark.slow
 def test_kill_9_then_resume_finishes_the_set(tmp_path, tiny_checkpoints, phantom_dir):

@@ -62,6 +62,6 @@ def test_fit_decoupler_cli(toy, tmp_path):
 def test_dry_run_and_bad_method(toy, tmp_path):
     data, root = toy
     res = CliRunner().invoke(fit_decoupler_command, ["--data", str(data), "--out", str(tmp_path), "--dry-run"])
-    assert res.exit_code == 0 and "FitConfig(method='scatter'" in res.output
+    assert res.exit_code == 0 and "FitConfig(method='coding_rate'" in res.output
     res = CliRunner().invoke(fit_decoupler_command, ["--data", str(data), "--out", str(tmp_path), "--method", "x"])
-    assert res.exit_code != 0 and "scatter" in res.output
+    assert res.exit_code != 0 and "scatter" in res.output and "coding_rate" in res.output
