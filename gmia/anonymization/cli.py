@@ -76,17 +76,17 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
-              lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin, limit, shard, resume, write_linkage, seed, device, threads,
-              fail_on_error, dry_run, quiet):
+              lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin, limit,
+              shard, resume, write_linkage, seed, device, threads, fail_on_error, dry_run, quiet):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
 
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""
     from .runner import anonymize_dataset, parse_shard
 
-    cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size, max_steps=max_steps,
-                           lr=lr, patience=patience, refine_steps=refine_steps, precision=precision,
-                           lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid, mdl_margin=mdl_margin,
-                           seed=seed)
+    cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size,
+                           max_steps=max_steps, lr=lr, patience=patience, refine_steps=refine_steps,
+                           precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
+                           mdl_margin=mdl_margin, seed=seed)
     shard_t = parse_shard(shard)
     if dry_run:
         click.echo(json.dumps({"out": out, "shard": shard_t, "limit": limit, "config": config_dict(cfg)}, indent=2))

@@ -233,7 +233,7 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
     folder = RunFolder(out, record, result_config, resume, shard)
     i, n = shard
     keys = dataset.keys()
-    todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(len(dataset)) if j % n == i][:limit]
+    todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n)[:limit]]
     todo = [t for t in todo if t[2] not in folder.done]
     t0 = time.time()
     run = _Run(cfg, engine, dataset, folder, todo, device, progress)

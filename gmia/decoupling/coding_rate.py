@@ -127,6 +127,7 @@ class CodingRateFit:
     rank: int
     beta: float
     step: int
+    selection: dict = field(default_factory=dict)  # the scatter's MDL rank selection on val (``mdl.select_rank``)
     info: dict = field(default_factory=dict)   # JSON-friendly: the chosen candidate, all candidates' val numbers
 
 
@@ -419,4 +420,4 @@ def fit_coding_rate(train: dict, val: dict, cfg: CodingRateConfig = CodingRateCo
             "val_raw_patients_nats": evaluator.raw_patients, "val_raw_findings_nats": evaluator.raw_findings,
             "ratio": [round(float(v), 4) for v in ratio[:64]], "candidates": cands}
     return CodingRateFit(decoupler=dec, scatter=scatter, basis=q, code=code, ratio=ratio, rank=best["rank"],
-                         beta=best["beta"], step=best["step"], info=info)
+                         beta=best["beta"], step=best["step"], selection=sel, info=info)

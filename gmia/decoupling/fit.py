@@ -96,8 +96,7 @@ def fit_from_features(train: dict, val: dict, cfg: FitConfig = FitConfig()) -> t
     if cfg.method == "coding_rate":
         learned = fit_coding_rate(train, val, cfg.coding_rate, shrinkage=cfg.shrinkage, rank=cfg.rank,
                                   max_rank=cfg.max_rank, seed=cfg.seed)
-        fit, dec = learned.scatter, learned.decoupler
-        sel = select_rank(fit, val["features"], val["patients"], max_rank=cfg.max_rank)
+        fit, dec, sel = learned.scatter, learned.decoupler, learned.selection
         rank, ratio = learned.rank, learned.ratio
         extra = {"coding_rate": {k: v for k, v in learned.info.items() if k not in ("rank", "rank_mdl", "ratio")}}
     else:

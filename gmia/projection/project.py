@@ -141,12 +141,16 @@ def project_codes(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_l
     w0 = model.encode(x)
     if refine_steps <= 0:
         return w0
-    refiner = LatentRefiner(model, x, w0, ReconstructionLoss(1.0, 0.0, None), refine_steps, lr=refine_lr,
-                            noise_seeds=noise_seeds)
+    return _refine(model, x, w0, ReconstructionLoss(1.0, 0.0, None), refine_steps, refine_lr, noise_seeds)[0]
+
+
+def _refine(model: AEGAN, x, w0, loss: ReconstructionLoss, steps: int, lr: float, noise_seeds) -> tuple:
+    """(best codes, their loss (N,)) after ``steps`` batched refinement steps from ``w0``."""
+    refiner = LatentRefiner(model, x, w0, loss, steps, lr=lr, noise_seeds=noise_seeds)
     with torch.enable_grad():
-        for _ in range(refine_steps):
+        for _ in range(steps):
             refiner.step()
-    return refiner.finish()[0]
+    return refiner.finish()
 
 
 def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.03,
@@ -169,11 +173,7 @@ def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_
     out = {"w_encoder": w0, "x_hat_encoder": x0, "metrics_encoder": reconstruction_metrics(x0, x, perceptual),
            "loss_encoder": loss0}
     if refine_steps > 0:
-        refiner = LatentRefiner(model, x, w0, loss, refine_steps, lr=refine_lr, noise_seeds=noise_seeds)
-        with torch.enable_grad():
-            for _ in range(refine_steps):
-                refiner.step()
-        w, best_loss = refiner.finish()
+        w, best_loss = _refine(model, x, w0, loss, refine_steps, refine_lr, noise_seeds)
         with torch.no_grad():
             x_hat = model.synthesize(w)
         out.update(w=w, x_hat=x_hat, metrics=reconstruction_metrics(x_hat, x, perceptual), loss=best_loss)
