@@ -69,18 +69,21 @@ anonymize: install
 endif
 
 # ---- evidence -----------------------------------------------------------------------------------------
-# make evaluate: anonymize LIMIT test images and EVAL_TRAIN training images (the adaptive attacker's training
-# set), then attacks, utility, fidelity and record-level privacy -> outputs/eval/metrics (+ report.html)
+# make evaluate [DATASET=phantom-face]: anonymize LIMIT test images and EVAL_TRAIN training images (the adaptive
+# attacker's training set), then attacks, utility, fidelity and record-level privacy -> outputs/eval/... (+ report)
+# make mia [DATASET=phantom-face]: membership inference against the stage-1 generator (members: train split,
+# non-members: test split, latent prior fitted on val) -> outputs/mia/<preset>/mia.json
 EVAL_TRAIN ?= 400
-evaluate: data/phantom-cxr64/phantom.json
-	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out outputs/eval/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) --quiet
-	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split train --privacy $(PRIVACY) --out outputs/eval/anon-train-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) --quiet
-	$(GMIA) evaluate --preset phantom-cxr64 --real data/phantom-cxr64 --anon outputs/eval/anon-test-$(PRIVACY) --anon-train outputs/eval/anon-train-$(PRIVACY) --out outputs/eval/metrics-$(PRIVACY)
-	$(GMIA) report outputs/eval/metrics-$(PRIVACY)
+EVAL_PRESET := $(if $(filter phantom-face,$(DATASET)),phantom-face64,phantom-cxr64)
+EVAL_OUT    := outputs/eval/$(EVAL_PRESET)
+evaluate: data/$(EVAL_PRESET)/phantom.json
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) --quiet
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split train --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-train-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) --quiet
+	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(PRIVACY) --anon-train $(EVAL_OUT)/anon-train-$(PRIVACY) --out $(EVAL_OUT)/metrics-$(PRIVACY)
+	$(GMIA) report $(EVAL_OUT)/metrics-$(PRIVACY)
 
-# make mia: membership inference against the stage-1 generator (members: train split, non-members: test split)
-mia: data/phantom-cxr64/phantom.json
-	$(GMIA) mia --preset phantom-cxr64 --members data/phantom-cxr64 --nonmembers data/phantom-cxr64 --latent-fit data/phantom-cxr64 --out outputs/mia
+mia: data/$(EVAL_PRESET)/phantom.json
+	$(GMIA) mia --preset $(EVAL_PRESET) --members data/$(EVAL_PRESET) --nonmembers data/$(EVAL_PRESET) --latent-fit data/$(EVAL_PRESET) --out outputs/mia/$(EVAL_PRESET)
 
 # ---- the shipped weights ------------------------------------------------------------------------------
 # Reproduces checkpoints/phantom-*/ on a CPU (hours; see each card for the exact command and time).
@@ -95,6 +98,7 @@ train-phantom: phantom-data
 	  $(GMIA) fit-decoupler --preset $$p --data data/$$p --out checkpoints/$$p || exit 1; \
 	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p --resume --quiet || exit 1; \
 	  cp runs/aegan-$$p/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
+	  $(GMIA) fit-prior --preset $$p --data data/$$p || exit 1; \
 	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) --update-card || exit 1; \
 	done
 

@@ -69,13 +69,14 @@ def _register_subcommands() -> None:
     from .decoupling.cli import fit_decoupler_command
     from .evaluation.cli import COMMANDS as evaluation_commands
     from .cli_train import train
-    from .projection.cli import aegan, project
+    from .projection.cli import aegan, fit_prior_command, project
 
     train.add_command(aegan)
     cli.add_command(train)
     cli.add_command(project)
     cli.add_command(anonymize)
     cli.add_command(fit_decoupler_command)
+    cli.add_command(fit_prior_command)
     for command in evaluation_commands:
         cli.add_command(command)
 

@@ -63,5 +63,12 @@ def save_tiny_checkpoints(root, roles=("aegan", "identity", "utility"), override
     for role in roles:
         cls, kw = TINY_CKPT[role]
         kw = {**kw, **(overrides or {}).get(role, {})}
-        save_module(classes[cls](**kw), kw, root / "phantom-cxr64", role, meta={"preset": "phantom-cxr64"})
+        net = classes[cls](**kw)
+        save_module(net, kw, root / "phantom-cxr64", role, meta={"preset": "phantom-cxr64"})
+        if role == "aegan":  # the phantom presets draw surrogate identities from this prior
+            from gmia.projection.prior import LatentPrior
+
+            LatentPrior.fit(net.eval(), torch.rand(24, kw["img_channels"], kw["img_resolution"], kw["img_resolution"],
+                                                   generator=torch.Generator().manual_seed(seed))).save(
+                root / "phantom-cxr64")
     return root

@@ -1,11 +1,11 @@
-"""Stage 2: batched latent optimization under an identity hinge and a utility loss, a privacy gate on the
-saved files, and a resumable, shardable dataset runner.
+"""Stage 2: batched latent optimization under an identity hinge, a utility loss and (phantom presets) a pull
+towards a generated surrogate identity, a privacy gate on the saved files, and a resumable, shardable runner.
 
     from gmia.anonymization import anonymize_config, anonymize_dataset
     cfg = anonymize_config("phantom-cxr64", privacy="high")
     summary = anonymize_dataset(cfg, dataset, "outputs/anon")
 
-Modules, in the order the data flows: ``config`` (settings, presets), ``losses`` (per-image terms),
+Modules, in the order the data flows: ``config`` (settings, presets), ``losses`` (per-image terms), ``surrogate`` (the surrogate-identity term),
 ``optimizer`` (per-row Adam, stopping, compaction), ``gate`` (write, reload, re-check), ``outputs`` (the run
 folder: pseudonyms, journal, manifest, labels), ``runner`` (the loop over a dataset).
 """

@@ -7,7 +7,8 @@ image's gradient is exactly its own (Adam per image, reference §14), and refere
 per image (``Term.reference``), never per step.
 
 A term is any object with ``name``, ``weight``, ``reference(x_R) -> Tensor`` and ``loss(x_A, ref) -> Tensor``
-(per image); ``Objective`` adds them up. The MFM/MDL term of the decoupling issue plugs in the same way.
+(per image); ``Objective`` adds them up. The MFM/MDL term of the decoupling issue and the surrogate identity
+(``surrogate.py``) plug in the same way.
 """
 
 from __future__ import annotations
@@ -108,10 +109,12 @@ class Objective:
     def terms(self) -> list:
         return [self.identity] + ([self.utility] if self.utility is not None else []) + self.extra
 
-    def references(self, x_r: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image reference features, computed once from the source images (no gradient)."""
+    def references(self, x_r: torch.Tensor, seeds: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Per-image reference features, computed once from the source images (no gradient). A term marked
+        ``seeded`` (e.g. the surrogate identity) also gets the records' seeds."""
         with torch.no_grad():
-            return {t.name: t.reference(x_r) for t in self.terms}
+            return {t.name: t.reference(x_r, seeds) if getattr(t, "seeded", False) else t.reference(x_r)
+                    for t in self.terms}
 
     def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor],
                  margin: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -95,7 +95,7 @@ class LatentOptimizer:
         if n == 0:
             return
         cfg, dev = self.cfg, self.device
-        refs = self.objective.references(x_r.to(dev)) if refs is None else refs
+        refs = self.objective.references(x_r.to(dev), [it.seed for it in items]) if refs is None else refs
         w0 = w0.detach().to(dev, torch.float32)
         start = start or {}
         rows = {

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .. import networks
-from ..checkpoints import read_card
+from ..checkpoints import read_card, sha256_file
 from ..data.datasets import ImageDataset
 from ..data.preprocess import source_bits
 from ..errors import CheckpointError, ConfigError, GmiaError, InputError
@@ -76,7 +76,7 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     model = load_aegan(folder, device=device)
     e_id = networks.load(cfg.preset, "identity", checkpoints, device=device)
     e_ut = networks.load(cfg.preset, "utility", checkpoints, device=device)
-    extra, roles = [], ["aegan", "identity", "utility"]
+    extra, roles, files = [], ["aegan", "identity", "utility"], {}
     if cfg.lambda_mdl > 0:  # the third objective: MFM features split by the MDL decoupler
         from ..decoupling import MDLTerm, load_decoupler
 
@@ -84,9 +84,16 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         extra.append(MDLTerm(mfm, load_decoupler(folder), cfg.lambda_sem, cfg.lambda_mid, cfg.mdl_margin,
                              weight=cfg.lambda_mdl))
         roles += ["mfm", "decoupler"]
+    if cfg.lambda_surrogate > 0:  # pull towards a generated nobody's identity (surrogate.py)
+        from ..projection.prior import PRIOR_FILE, LatentPrior
+        from .surrogate import SurrogateTerm
+
+        extra.append(SurrogateTerm(model, e_id, LatentPrior.load(folder), cfg.surrogate_cos, cfg.lambda_surrogate,
+                                   cfg.noise))
+        files["latent_prior"] = sha256_file(folder / PRIOR_FILE)
     objective = Objective(IdentityTerm(e_id, cfg.margin, cfg.lambda_id),
                           UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None, extra)
-    shas = {role: read_card(folder, role)["sha256"] for role in roles}
+    shas = {**{role: read_card(folder, role)["sha256"] for role in roles}, **files}
     return Engine(model, e_id, e_ut, objective, shas)
 
 

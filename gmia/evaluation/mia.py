@@ -9,9 +9,10 @@ same distribution (the test split). Every attack gives one score per query, high
 a generator reproduces its training images better than unseen ones. Attacks, weakest access first:
 
 - ``nearest_generated`` (black-box): distance from the query to the closest of K generated samples G(w_k). This
-  AE-GAN has no mapping network, so "sampling the generator" needs a latent distribution: w_k ~ N(μ, Σ) fitted
-  to the encoder codes E(x) of a *latent-fit* set disjoint from members and non-members (phantom: the val split;
-  if none is given, the pooled queries themselves, unlabelled — a slightly stronger attacker). Σ is shrunk
+  AE-GAN has no mapping network, so "sampling the generator" needs a latent distribution: w_k ~ N(μ, Σ)
+  (``gmia.projection.prior``) fitted to the encoder codes E(x) of a *latent-fit* set disjoint from members and
+  non-members (phantom: the val split; if none is given, the pooled queries themselves, unlabelled — a slightly
+  stronger attacker). Σ is shrunk
   towards its diagonal (rank-deficient with few images). Distance: per-pixel MSE.
 - ``encoder_only`` (partial white-box): the reconstruction error ‖G(E(x)) − x‖² of the encoder alone.
 - ``latent_reconstruction`` (white-box): the encoder's code refined by ``refine_steps`` Adam steps on the MSE
@@ -40,6 +41,7 @@ from sklearn.metrics import roc_curve
 from .. import metrics
 from ..config import get_preset
 from ..errors import InputError
+from ..projection.prior import LatentPrior
 from ..projection.project import load_aegan, open_images, project_images
 from ..runs import atomic_write_json, log
 from .evaluate import _folder, clean_json
@@ -80,30 +82,17 @@ def attack_metrics(member_scores, nonmember_scores, groups=None, bootstrap: int 
     return out
 
 
-def _fit_latents(model, x: torch.Tensor, shrinkage: float, batch_size: int):
-    """(μ, A) with w = μ + A z, z ~ N(0, I), fitted to E(x) (see the module doc)."""
-    with torch.no_grad():
-        w = torch.cat([model.encode(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]).double()
-    w = w.flatten(1)
-    mu = w.mean(0)
-    cov = torch.cov(w.T) if len(w) > 1 else torch.zeros(w.shape[1], w.shape[1], dtype=w.dtype)
-    cov = (1 - shrinkage) * cov + shrinkage * torch.diag(torch.diag(cov))
-    vals, vecs = torch.linalg.eigh(cov)
-    return mu, vecs * vals.clamp(min=0).sqrt()
-
-
 @torch.no_grad()
-def _nearest_generated(model, queries: list[torch.Tensor], mu, a, cfg: MIAConfig) -> list[torch.Tensor]:
+def _nearest_generated(model, queries: list[torch.Tensor], prior: LatentPrior, cfg: MIAConfig) -> list[torch.Tensor]:
     """Min MSE of each query to K samples G(μ + A z), generated once in chunks (const noise)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(model.parameters()).device
     flat = [q.flatten(1).cpu() for q in queries]
     best = [torch.full((len(q),), float("inf")) for q in queries]
-    shape = model.encode(queries[0][:1].to(device)).shape[1:]
     for s in range(0, cfg.samples, cfg.batch_size):
         k = min(cfg.batch_size, cfg.samples - s)
-        z = torch.randn(k, a.shape[1], generator=gen, dtype=torch.float64)
-        w = (mu + z @ a.T).float().reshape(k, *shape).to(device)
+        z = torch.randn(k, prior.a.shape[1], generator=gen, dtype=torch.float64)
+        w = prior.sample_z(z).to(device)
         g = model.synthesize(w).clamp(0, 1).flatten(1).cpu()                       # (k, D)
         for i, q in enumerate(flat):
             d = torch.cdist(q, g).square() / g.shape[1]                  # (N, k) per-pixel MSE
@@ -133,8 +122,8 @@ def _complexity(x: torch.Tensor) -> torch.Tensor:
 def mia_scores(model, queries: list[torch.Tensor], fit: torch.Tensor, cfg: MIAConfig, reference=None) -> list[dict]:
     """Per query set, {attack: (N,) scores, higher = member} (see the module doc)."""
     eps = 1e-12
-    mu, a = _fit_latents(model, fit, cfg.shrinkage, cfg.batch_size)
-    nearest = _nearest_generated(model, queries, mu, a, cfg)
+    prior = LatentPrior.fit(model, fit, cfg.shrinkage, cfg.batch_size)
+    nearest = _nearest_generated(model, queries, prior, cfg)
     out = []
     for q, near in zip(queries, nearest):
         enc, ref = _reconstruction_errors(model, q, cfg)

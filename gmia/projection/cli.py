@@ -16,7 +16,7 @@ import torch
 
 from .config import PERCEPTUAL_KINDS, PRESETS, ProjectionConfig, aegan_config, config_dict
 
-__all__ = ["aegan", "project"]
+__all__ = ["aegan", "project", "fit_prior_command"]
 
 _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 
@@ -88,3 +88,23 @@ def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, 
                                "config": dataclasses.asdict(cfg)}, indent=2))
         return
     run_projection(cfg, preset, input_dir, out, checkpoint, device=device, progress=not quiet)
+
+
+@click.command("fit-prior")
+@click.option("--preset", default="phantom-cxr64", show_default=True, help="Preset whose stage-1 model to use.")
+@click.option("--data", type=click.Path(file_okay=False, exists=True), required=True,
+              help="The stage-1 model's training images (phantom folder or image folder).")
+@click.option("--split", default="train", show_default=True, help="Phantom split (ignored for image folders).")
+@click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
+              help="Folder with aegan.*; the prior is written there. Default checkpoints/<preset>.")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--threads", type=int, default=None, help="CPU threads.")
+def fit_prior_command(preset, data, split, checkpoint, limit, threads):
+    """Fit the Gaussian latent prior (surrogate identities, MIA sampling) to E(x) of training images."""
+    from .prior import fit_prior
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(checkpoint or Path("checkpoints") / preset)
+    is_phantom = (Path(data) / "phantom.json").is_file()
+    fit_prior(folder, data, split if is_phantom else None, limit)

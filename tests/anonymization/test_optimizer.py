@@ -8,7 +8,7 @@ from gmia.anonymization import Item, LatentOptimizer, anonymize_config, decode, 
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoints):
-    return load_engine(anonymize_config("phantom-cxr64", margin=-1.0), tiny_checkpoints)
+    return load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0), tiny_checkpoints)
 
 
 def _cfg(**kw):
@@ -127,7 +127,7 @@ def test_mdl_term_is_wired_in_when_its_weight_is_set(tiny_checkpoints, tmp_path)
         dec.filters.copy_(torch.randn(d, 2))
         dec.patterns.copy_(torch.randn(d, 2))
     save_decoupler(dec, root / "phantom-cxr64")
-    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0)
+    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0, lambda_surrogate=0.0)
     eng = load_engine(cfg, root)
     assert [t.name for t in eng.objective.extra] == ["mdl"] and {"mfm", "decoupler"} <= set(eng.checkpoints)
     x = torch.rand(2, 1, 64, 64)

@@ -46,7 +46,8 @@ def test_outputs_and_no_identifiers_in_released_files(tmp_path, tiny_checkpoints
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "image,finding_a,finding_b" and len(labels) == 13
     run = json.loads((out / "run.json").read_text())
-    assert set(run["checkpoints"]) == {"aegan", "identity", "utility"} and run["summary"]["released"] == 12
+    assert set(run["checkpoints"]) == {"aegan", "identity", "utility", "latent_prior"}
+    assert run["summary"]["released"] == 12
     # nothing public names a patient, a study or a source file
     meta = (phantom_dir / "metadata.csv").read_text().splitlines()[1:]
     sources = [row.split(",")[0] for row in meta]
@@ -165,10 +166,10 @@ def test_speed_profile_sets_its_fields_and_flags_still_win():
                                    "--lambda-mdl", "2", "--dry-run"])
     assert res.exit_code == 0, res.output
     cfg = json.loads(res.output)["config"]
-    assert (cfg["patience"], cfg["refine_steps"], cfg["precision"]) == (0, 0, "auto-bf16")
+    assert (cfg["patience"], cfg["refine_steps"], cfg["precision"], cfg["lambda_surrogate"]) == (0, 0, "auto-bf16", 0)
     assert cfg["lr"] == 0.05 and cfg["lambda_mdl"] == 2.0           # explicit flags override the profile
     quality = anonymize_config("phantom-cxr64", speed="quality")
-    assert quality == anonymize_config("phantom-cxr64") and quality.refine_steps == 50
+    assert quality == anonymize_config("phantom-cxr64") and (quality.patience, quality.lambda_surrogate) == (10, 1.0)
     with pytest.raises(ConfigError, match="speed profile"):
         anonymize_config("phantom-cxr64", speed="ludicrous")
 
