@@ -63,6 +63,8 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--lambda-mid", type=float, default=None, help="MDL term: weight of the MFM identity-part hinge.")
 @click.option("--mdl-margin", type=float, default=None, help="MDL term: margin m' of the identity-part hinge "
               "(default: the decoupler's calibrated one).")
+@click.option("--lambda-lesion", type=float, default=None,
+              help="Weight of the lesion-map term (1 - soft Dice of E_ut's lesion maps; face presets).")
 @click.option("--lambda-surrogate", type=float, default=None,
               help="Weight of the pull towards a generated surrogate identity (0: off). Needs "
                    "<preset>/latent-prior.safetensors.")
@@ -82,7 +84,8 @@ def open_input(preset: str, input_dir: str | None, dataset: str | None, data_roo
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
               lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
-              lambda_surrogate, surrogate_cos, limit, shard, resume, write_linkage, seed, device, threads, fail_on_error, dry_run, quiet):
+              lambda_lesion, lambda_surrogate, surrogate_cos, limit, shard, resume, write_linkage, seed, device,
+              threads, fail_on_error, dry_run, quiet):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
 
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""
@@ -91,7 +94,8 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
     cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, patience=patience, refine_steps=refine_steps,
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
-                           mdl_margin=mdl_margin, lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
+                           mdl_margin=mdl_margin, lambda_lesion=lambda_lesion,
+                           lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
                            seed=seed)
     shard_t = parse_shard(shard)
     if dry_run:

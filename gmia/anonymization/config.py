@@ -58,6 +58,7 @@ class AnonymizeConfig:
     lambda_sem: float = 0.5          # ... its semantic-distance weight (see gmia.decoupling.term)
     lambda_mid: float = 1.0          # ... its MFM identity-code hinge weight
     mdl_margin: float | None = None  # ... m' of that hinge (None: the decoupler's calibrated margin)
+    lambda_lesion: float = 0.0       # weight of the lesion-map term 1 - soft Dice (needs E_ut with a segmentation head)
     lambda_surrogate: float = 0.0    # weight of the surrogate-identity pull (0: off; needs <preset>/latent-prior.*)
     surrogate_cos: float = 0.7       # ... pulled until cos(E_id(x_A), E_id(G(w_T))) >= this (see surrogate.py)
     utility_ratio: float = 0.0       # once private: done when utility distance <= this x the reconstruction's (0: off)
@@ -97,7 +98,7 @@ class AnonymizeConfig:
 
 # Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values.
 RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "lambda_mdl", "lambda_sem", "lambda_mid",
-                 "mdl_margin", "lambda_surrogate", "surrogate_cos", "lr", "betas", "eps", "max_steps",
+                 "mdl_margin", "lambda_lesion", "lambda_surrogate", "surrogate_cos", "lr", "betas", "eps", "max_steps",
                  "hinge_slack", "utility_ratio", "patience", "min_improvement", "gate_retries", "retry_slack", "refine_steps",
                  "noise", "seed", "output_bits")
 
@@ -110,8 +111,11 @@ PRESETS: dict[str, AnonymizeConfig] = {
     # without, hinge only), and so does polishing utility without a surrogate (0.774).
     "phantom-cxr64": AnonymizeConfig(preset="phantom-cxr64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
                                      privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0),
+    # Faces also keep the lesion map (E_ut segments): on 32 test images lesion Dice 0.28 -> 0.53 with the term,
+    # attacker AUC 0.378 -> 0.366, E_ut AUROC 1.000 both (the previous default: 0.42).
     "phantom-face64": AnonymizeConfig(preset="phantom-face64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
-                                      privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0),
+                                      privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0,
+                                      lambda_lesion=1.0),
     # The published setting: README margin -0.7, MSE utility, stop at the hinge (patience 0).
     "gmia-cxr256": AnonymizeConfig(preset="gmia-cxr256", margin=PRIVACY_LEVELS["max"], privacy="max", utility_form="mse",
                                    patience=0, batch_size=8),

@@ -30,7 +30,7 @@ from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
 from .config import RESULT_FIELDS, AnonymizeConfig, config_dict
 from .gate import release, write_and_check
-from .losses import IdentityTerm, Objective, UtilityTerm
+from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer
 from .outputs import RELEASE_MTIME, RunFolder
 
@@ -84,6 +84,8 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         extra.append(MDLTerm(mfm, load_decoupler(folder), cfg.lambda_sem, cfg.lambda_mid, cfg.mdl_margin,
                              weight=cfg.lambda_mdl))
         roles += ["mfm", "decoupler"]
+    if cfg.lambda_lesion > 0:  # keep the lesion map (face presets: E_ut also segments)
+        extra.append(LesionTerm(e_ut, cfg.lambda_lesion))
     if cfg.lambda_surrogate > 0:  # pull towards a generated nobody's identity (surrogate.py)
         from ..projection.prior import PRIOR_FILE, LatentPrior
         from .surrogate import SurrogateTerm

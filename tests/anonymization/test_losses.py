@@ -47,3 +47,36 @@ def test_objective_is_per_image_and_differentiable(tiny_checkpoints):
     same, parts_same = engine.objective.evaluate(x_r, refs)
     assert torch.allclose(parts_same["cos_id"], torch.ones(3), atol=1e-5)
     assert parts_same["ut"].max() < 1e-3
+
+
+def test_soft_dice_distance_on_binary_maps():
+    from gmia.anonymization.losses import soft_dice_distance
+
+    a = torch.zeros(3, 1, 8, 8)
+    a[0, :, :4] = 1          # a lesion
+    a[1, :, 4:] = 1          # another lesion
+    b = a.clone()
+    b[1] = 0
+    b[1, :, :4] = 1          # row 1: the lesion moved to the other half
+    d = soft_dice_distance(a, b)
+    assert d.shape == (3,)
+    assert d[0] == 0 and d[2] == 0            # same lesion; no lesion on either side
+    assert d[1] > 0.95                         # disjoint lesions
+
+
+def test_lesion_term_needs_a_segmentation_head_and_is_zero_on_the_source():
+    from gmia.anonymization.losses import LesionTerm
+    from gmia.networks import UtilityNet
+
+    from tests.conftest import TINY_CKPT
+
+    kw = TINY_CKPT["utility"][1]
+    with pytest.raises(InputError, match="segmentation head"):
+        LesionTerm(UtilityNet(**kw).frozen())
+    torch.manual_seed(0)
+    term = LesionTerm(UtilityNet(**kw, segment=True).frozen())
+    x_r = torch.rand(2, 1, 64, 64)
+    ref = term.reference(x_r)
+    assert ref.shape == (2, 1, 64, 64)
+    same, other = term.loss(x_r, ref), term.loss(torch.rand(2, 1, 64, 64), ref)
+    assert same.shape == (2,) and (same < other).all()
