@@ -60,6 +60,7 @@ class AnonymizeConfig:
     mdl_margin: float | None = None  # ... m' of that hinge (None: the decoupler's calibrated margin)
     lambda_lesion: float = 0.0       # weight of the lesion-map term 1 - soft Dice (needs E_ut with a segmentation head)
     lambda_surrogate: float = 0.0    # weight of the surrogate-identity pull (0: off; needs <preset>/latent-prior.*)
+    goal_steps: int = 100            # a row not private after this many steps drops its goal terms (surrogate)
     surrogate_cos: float = 0.7       # ... pulled until cos(E_id(x_A), E_id(G(w_T))) >= this (see surrogate.py)
     utility_ratio: float = 0.0       # once private: done when utility distance <= this x the reconstruction's (0: off)
     patience: int = 20               # ... or after this many steps without a significant gain (0: stop at the hinge)
@@ -98,9 +99,9 @@ class AnonymizeConfig:
 
 # Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values.
 RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "lambda_mdl", "lambda_sem", "lambda_mid",
-                 "mdl_margin", "lambda_lesion", "lambda_surrogate", "surrogate_cos", "lr", "betas", "eps", "max_steps",
-                 "hinge_slack", "utility_ratio", "patience", "min_improvement", "gate_retries", "retry_slack", "refine_steps",
-                 "noise", "seed", "output_bits")
+                 "mdl_margin", "lambda_lesion", "lambda_surrogate", "surrogate_cos", "goal_steps", "lr", "betas", "eps",
+                 "max_steps", "hinge_slack", "utility_ratio", "patience", "min_improvement", "gate_retries",
+                 "retry_slack", "refine_steps", "noise", "seed", "output_bits")
 
 PRESETS: dict[str, AnonymizeConfig] = {
     # 64 px phantoms: surrogate identities on (surrogate.py), w_0 = E(x) unrefined, lr 0.1, 10 steps of patience.

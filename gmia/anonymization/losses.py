@@ -145,8 +145,10 @@ class Objective:
             return {t.name: t.reference(x_r, seeds) if getattr(t, "seeded", False) else t.reference(x_r)
                     for t in self.terms}
 
-    def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor],
-                 margin: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor], margin: torch.Tensor | float | None = None,
+                 goals: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``goals`` (N,) bool: rows whose *goal* terms (``term.goal``, e.g. the surrogate) count; None = all.
+        The diagnostics in ``parts`` are unmasked."""
         hinge, cos = self.identity.loss(x_a, refs["id"], margin)
         total = self.identity.weight * hinge
         parts = {"cos_id": cos, "hinge": hinge}
@@ -156,6 +158,8 @@ class Objective:
             parts["ut"] = ut
         for term in self.extra:
             value = term.loss(x_a, refs[term.name])
-            total = total + term.weight * value
             parts[term.name] = value
+            if goals is not None and getattr(term, "goal", False):
+                value = value * goals.to(value.dtype)
+            total = total + term.weight * value
         return total, parts

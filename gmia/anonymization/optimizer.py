@@ -127,7 +127,8 @@ class LatentOptimizer:
         refs = {k[4:]: v for k, v in r.items() if k.startswith("ref/")}
         with torch.autocast(**self.autocast):
             x_a = decode(self.model, w, [it.seed for it in self.items], cfg.noise)
-            total, parts = self.objective.evaluate(x_a, refs, margin=r["target"])
+            goals = r["best_private"] | (r["steps"] < cfg.goal_steps)  # the hinge first (surrogate.py)
+            total, parts = self.objective.evaluate(x_a, refs, margin=r["target"], goals=goals)
         total, parts = total.float(), {k: v.float() for k, v in parts.items()}
         (grad,) = torch.autograd.grad(total.sum(), w)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5)

@@ -104,3 +104,26 @@ def test_fit_prior_command_writes_a_loadable_prior(tmp_path, tiny_checkpoints, p
     assert result.exit_code == 0, result.output
     prior = LatentPrior.load(folder)
     assert prior.images == 9 and prior.shape == (load_aegan(folder).w_dim,)   # the toy train split: 3 x 3 images
+
+
+def test_a_row_that_is_not_private_after_goal_steps_drops_the_surrogate(tiny_checkpoints):
+    """The hinge comes first: with an unreachable margin and goal_steps = 0 the codes move exactly as without the
+    surrogate term; with a large goal_steps the surrogate changes the trajectory."""
+    from gmia.anonymization import Item, LatentOptimizer
+
+    x_r = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(4))
+    items = [Item(key=f"k{i}", seed=100 + i) for i in range(2)]
+
+    def codes(**kw):
+        cfg = dataclasses.replace(anonymize_config("phantom-cxr64"), margin=-1.0, privacy=None, hinge_slack=0.0,
+                                  lr=0.05, refine_steps=0, **kw)
+        engine = load_engine(cfg, tiny_checkpoints)
+        opt = LatentOptimizer(engine.model, engine.objective, cfg)
+        opt.add(items, engine.model.encode(x_r).detach(), x_r)
+        for _ in range(3):
+            opt.step()
+        return opt._rows["w"].clone()
+
+    plain = codes(lambda_surrogate=0.0)
+    assert torch.allclose(codes(lambda_surrogate=1.0, surrogate_cos=1.0, goal_steps=0), plain, atol=1e-6)
+    assert not torch.allclose(codes(lambda_surrogate=1.0, surrogate_cos=1.0, goal_steps=100), plain, atol=1e-4)
