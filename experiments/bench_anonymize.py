@@ -30,6 +30,7 @@ Peak memory: the process's max RSS after each side (it never goes down) and, on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
@@ -208,9 +209,11 @@ def main() -> None:
     # (stop at the hinge from E(x), as the reference does; lr 0.1; bf16 where the hardware has it)
     fast = anonymize_config(args.preset, privacy=None, margin=cfg.margin, speed="fast", batch_size=args.batch_size,
                             max_steps=args.max_steps, precision=args.fast_precision)
+    # the fast profile's own objective (no surrogate term), on the same loaded networks
+    fast_engine = dataclasses.replace(engine, objective=load_engine(fast, args.checkpoints, device).objective)
     results, kept = {}, {}
     sides = {"engine": lambda: run_engine(engine, cfg, ds, n_eng, device),
-             "engine-fast": lambda: run_engine(engine, fast, ds, n_eng, device),
+             "engine-fast": lambda: run_engine(fast_engine, fast, ds, n_eng, device),
              "reference": lambda: run_reference(engine, ds, n_ref, cfg.margin, args.ref_steps, device)}
     for side, fn in sides.items():
         torch.manual_seed(0)
