@@ -69,7 +69,10 @@ def _tpr_at(fpr, tpr, target: float) -> float:
 
 
 def attack_metrics(member_scores, nonmember_scores, groups=None, bootstrap: int = 0, seed: int = 0) -> dict:
-    """AUC (+ interval), TPR at 1% / 0.1% / 0% FPR and advantage of scores (higher = member)."""
+    """AUC (+ interval), TPR at 1% / 0.1% / 0% FPR and advantage of scores (higher = member).
+
+    An AUC far below 0.5 is a signal too (an attacker reverses the score), so ``auc_linkability`` =
+    max(AUC, 1 − AUC) and ``advantage_two_sided`` = max |TPR − FPR| are reported beside them."""
     s = np.r_[np.asarray(member_scores, float), np.asarray(nonmember_scores, float)]
     y = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
     fpr, tpr, _ = roc_curve(y, s)
@@ -78,7 +81,8 @@ def attack_metrics(member_scores, nonmember_scores, groups=None, bootstrap: int 
         _, lo, hi = metrics.bootstrap_ci(fast_auc, y, s, n=bootstrap, seed=seed, groups=groups)
         out["auc_ci95"] = [lo, hi]
     out.update(tpr_at_1pct_fpr=_tpr_at(fpr, tpr, 0.01), tpr_at_0_1pct_fpr=_tpr_at(fpr, tpr, 0.001),
-               tpr_at_0_fpr=_tpr_at(fpr, tpr, 0.0), advantage=float((tpr - fpr).max()))
+               tpr_at_0_fpr=_tpr_at(fpr, tpr, 0.0), advantage=float((tpr - fpr).max()),
+               auc_linkability=max(out["auc"], 1.0 - out["auc"]), advantage_two_sided=float(np.abs(tpr - fpr).max()))
     return out
 
 
@@ -193,6 +197,7 @@ def membership_inference(preset: str, members: str | Path, nonmembers: str | Pat
         result["note"] = (f"TPR at 0.1% FPR needs >= 1000 non-members to be resolved; with {len(x_n)} the smallest "
                           f"non-zero FPR is {1 / len(x_n):.4f}")
     atomic_write_json(out_dir / "mia.json", result)
-    best = max(attacks, key=lambda k: attacks[k]["auc"] or 0)
-    log(None, f"mia: best attack {best} AUC {attacks[best]['auc']:.3f} -> {out_dir / 'mia.json'}")
+    best = max(attacks, key=lambda k: attacks[k]["auc_linkability"] or 0)
+    log(None, f"mia: strongest attack {best} AUC {attacks[best]['auc']:.3f} (linkability "
+              f"{attacks[best]['auc_linkability']:.3f}) -> {out_dir / 'mia.json'}")
     return result

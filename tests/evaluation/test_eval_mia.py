@@ -48,6 +48,7 @@ def test_attack_metrics_known_values():
     assert r["auc"] == 1.0 and r["advantage"] == 1.0 and r["tpr_at_0_fpr"] == 1.0
     r = attack_metrics([0, 1, 2], [3, 4, 5])                             # inverted
     assert r["auc"] == 0.0 and r["tpr_at_1pct_fpr"] == 0.0
+    assert r["auc_linkability"] == 1.0 and r["advantage_two_sided"] == 1.0 and r["advantage"] < 1.0
     rng = np.random.default_rng(0)
     r = attack_metrics(rng.random(500), rng.random(500), bootstrap=50)
     lo, hi = r["auc_ci95"]
