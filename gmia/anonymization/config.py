@@ -133,9 +133,9 @@ PRESETS: dict[str, AnonymizeConfig] = {
 #   (patience), fp32 on CPU.
 # "fast": the reference's stopping rule (stop as soon as the hinge holds, from w_0 = E(x)), a larger step, no
 #   surrogate, and bf16 autocast ("auto-bf16": on CUDA, and on CPUs with native bf16, e.g. AMX; elsewhere bf16 is
-#   slower than fp32). experiments/bench_anonymize.py, m = -0.3, 1 CPU thread, idle machine: 7.70 images/s vs
-#   1.53 for the published loop (5.0x) at a better outcome (private 1.000 vs 0.938, E_ut macro AUROC 0.974 vs
-#   0.785); the default reaches AUROC 0.996 at 0.76 images/s. lr 0.1: ~4 steps per image at m = -0.3 instead of
+#   slower than fp32). experiments/bench_anonymize.py, m = -0.3, 1 CPU thread, idle machine: 7.19 images/s vs
+#   1.41 for the published loop (5.1x) at a better outcome (private 1.000 vs 0.938, E_ut macro AUROC 0.974 vs
+#   0.785); the default reaches AUROC 0.997 at 0.78 images/s. lr 0.1: ~4 steps per image at m = -0.3 instead of
 #   7 at 0.03 (16 images).
 SPEED_PROFILES: dict[str, dict] = {
     "quality": {},
