@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--aegan", default=None, help="folder holding aegan.* (default <checkpoints>/<preset>)")
     ap.add_argument("--refine-steps", type=int, default=100)
+    ap.add_argument("--refine-space", choices=["w", "w+"], default=None, help="default: the model's latent space")
+    ap.add_argument("--lambda-ssim", type=float, default=0.0, help="weight of 1 - SSIM in the refinement loss")
+    ap.add_argument("--refine-lr", type=float, default=0.03)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images (whole patients first)")
@@ -65,7 +68,8 @@ def main() -> None:
     ssim = {"encoder": [], "refined": []}
     psnr = {"encoder": [], "refined": []}
     for i in range(0, len(x), args.batch_size):
-        res = project_images(model, x[i:i + args.batch_size], args.refine_steps)
+        res = project_images(model, x[i:i + args.batch_size], args.refine_steps, args.refine_lr,
+                             lambda_ssim=args.lambda_ssim, refine_space=args.refine_space)
         for name, suffix in (("encoder", "_encoder"), ("refined", "")):
             recon[name].append(res[f"x_hat{suffix}"].clamp(0, 1))
             ssim[name].append(res[f"metrics{suffix}"]["ssim"])
@@ -82,7 +86,9 @@ def main() -> None:
         return rank_k(gallery, patients[study0], probes, patients[~study0], k=1)
 
     auroc_orig = macro_auroc(labels, batched(utility.logits, x).numpy())
-    table = {"test_images": len(x), "test_patients": len(set(patients)), "refine_steps": args.refine_steps, "seconds": round(seconds, 1),
+    table = {"test_images": len(x), "test_patients": len(set(patients)), "refine_steps": args.refine_steps,
+             "refine_space": args.refine_space or model.latent, "refine_lambda_ssim": args.lambda_ssim,
+             "refine_lr": args.refine_lr, "seconds": round(seconds, 1),
              "attacker_rank1_originals": rank1(x), "utility_macro_auroc_originals": auroc_orig}
     for name in ("encoder", "refined"):
         auroc = macro_auroc(labels, batched(utility.logits, recon[name]).numpy())
@@ -99,7 +105,9 @@ def main() -> None:
         card = json.loads(card_path.read_text())
         card.setdefault("meta", {})["metrics"] = {**card["meta"].get("metrics", {}), "test_split": table,
                                                   "command": "python experiments/eval_stage1.py --preset "
-                                                             f"{args.preset} --refine-steps {args.refine_steps}"}
+                                                             f"{args.preset} --refine-steps {args.refine_steps} "
+                                                             f"--refine-space {table['refine_space']} --lambda-ssim "
+                                                             f"{args.lambda_ssim} --refine-lr {args.refine_lr}"}
         atomic_write_json(card_path, card)
         print(f"updated {card_path}")
 

@@ -30,6 +30,12 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--latent", type=click.Choice(["w", "w+"]), default=None, help="W (published) or W+ encoder.")
 @click.option("--perceptual", type=_PERCEPTUAL, default=None, help="Perceptual term (auto: lpips if local, else MFM).")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None, help="torchvision AlexNet weights file.")
+@click.option("--lambda-mse", type=float, default=None, help="Weight of pixel MSE.")
+@click.option("--lambda-ssim", type=float, default=None, help="Weight of 1 - SSIM.")
+@click.option("--lambda-gan", type=float, default=None, help="Weight of the GAN term for E + G.")
+@click.option("--lr", type=float, default=None, help="Adam learning rate.")
+@click.option("--init-from", type=click.Path(exists=True), default=None,
+              help="Fine-tune: start from a training-state snapshot or a checkpoint folder (fresh optimizers).")
 @click.option("--split", default=None, help="Phantom split to train on (default train).")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
@@ -37,14 +43,15 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--resume", is_flag=True, help="Continue from the newest snapshot in --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, split, seed, device, threads, resume,
-          dry_run, quiet):
+def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lambda_mse, lambda_ssim, lambda_gan, lr,
+          init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
     from .project import open_images
     from .training import train_aegan
 
     cfg = aegan_config(preset, kimg=kimg, batch=batch, latent=latent, perceptual=perceptual,
-                       lpips_weights=lpips_weights, split=split, seed=seed)
+                       lpips_weights=lpips_weights, lambda_mse=lambda_mse, lambda_ssim=lambda_ssim,
+                       lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed)
     data = data or f"data/{preset}"
     if dry_run:
         click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))
@@ -68,19 +75,23 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, spl
 @click.option("--split", default=None, help="Phantom split to project (default: all images).")
 @click.option("--refine-steps", type=int, default=None, help="Adam steps on the codes after E(x) (0: encoder only).")
 @click.option("--refine-lr", type=float, default=None)
+@click.option("--refine-space", type=click.Choice(["w", "w+"]), default=None,
+              help="Refine one code per layer (w+) even for a W model (default: the model's space).")
+@click.option("--lambda-ssim", type=float, default=None, help="Weight of 1 - SSIM in the refinement loss.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--perceptual", type=_PERCEPTUAL, default=None)
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None)
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, batch_size, perceptual,
-            lpips_weights, device, dry_run, quiet):
+def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, refine_space, lambda_ssim, batch_size,
+            perceptual, lpips_weights, device, dry_run, quiet):
     """Project images to latent codes; write latents, reconstructions and metrics.json."""
     from .project import run_projection
 
     cfg = dataclasses.replace(ProjectionConfig(), **{k: v for k, v in dict(
-        refine_steps=refine_steps, refine_lr=refine_lr, batch_size=batch_size, perceptual=perceptual,
+        refine_steps=refine_steps, refine_lr=refine_lr, refine_space=refine_space, lambda_ssim=lambda_ssim,
+        batch_size=batch_size, perceptual=perceptual,
         lpips_weights=lpips_weights, split=split).items() if v is not None})
     checkpoint = Path(checkpoint or Path("checkpoints") / preset)
     if dry_run:

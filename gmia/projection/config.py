@@ -73,6 +73,7 @@ class AeganConfig:
     lambda_gan: float = 1.0             # non-saturating GAN term for E + G
     lambda_mse: float = 10.0            # pixel MSE
     lambda_perc: float = 10.0           # perceptual term
+    lambda_ssim: float = 0.0            # structural term 1 - SSIM (the fidelity metric; 0: off, as published)
     perceptual: str = "auto"            # "auto" (lpips if its backbone is local, else the preset's MFM), "lpips",
     #                                     "mfm", "none" (no perceptual term)
     lpips_weights: str | None = None    # torchvision AlexNet weights file for lpips (never downloaded)
@@ -104,6 +105,8 @@ class AeganConfig:
     seed: int = 0                       # weights, data order, augmentation, noise
     split: str | None = "train"         # data split to train on (phantom folders; None: all images)
     cache_mb: int = 2048                # keep the training images in memory when they fit in this many MB
+    init_from: str | None = None        # start E, G (and D) from these weights: a training-state snapshot or a
+    #                                     checkpoint folder (fine-tuning; a W checkpoint may start a W+ run)
 
     def __post_init__(self):
         checks = [
@@ -188,12 +191,16 @@ class ProjectionConfig:
     refine_lr: float = 0.03             # Adam lr on the codes, cosine ramp-down to 0 (measured: 0.01-0.1 ok)
     lambda_mse: float = 1.0
     lambda_perc: float = 1.0
+    lambda_ssim: float = 0.0            # weight of 1 - SSIM in the refinement loss
+    refine_space: str | None = None     # "w+": refine one code per layer even for a W model (None: the model's)
     perceptual: str = "auto"            # as in AeganConfig; "auto" falls back to no perceptual term (logged)
     lpips_weights: str | None = None
     batch_size: int = 32                # images per batch (results do not depend on it)
     split: str | None = None            # phantom folders: the split to project (None: all)
 
     def __post_init__(self):
-        if self.refine_steps < 0 or self.batch_size < 1 or self.perceptual not in PERCEPTUAL_KINDS:
+        if (self.refine_steps < 0 or self.batch_size < 1 or self.perceptual not in PERCEPTUAL_KINDS
+                or self.refine_space not in (None, "w", "w+")):
             raise ConfigError(f"ProjectionConfig: need refine_steps >= 0, batch_size >= 1 and perceptual in "
-                              f"{PERCEPTUAL_KINDS}; got {self.refine_steps}, {self.batch_size}, {self.perceptual!r}")
+                              f"{PERCEPTUAL_KINDS} and refine_space in (None, 'w', 'w+'); got {self.refine_steps}, "
+                              f"{self.batch_size}, {self.perceptual!r}, {self.refine_space!r}")

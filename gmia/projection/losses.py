@@ -30,6 +30,7 @@ from gmia.errors import CheckpointError, ConfigError
 
 __all__ = [
     "FeatureLoss", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual", "d_logistic_loss",
+    "dssim_per_image",
     "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty", "path_lengths",
     "r1_penalty",
 ]
@@ -202,18 +203,36 @@ def build_perceptual(kind: str, preset: str | None, lpips_weights: str | Path | 
                               f"({exc}); {fix}") from None
 
 
-class ReconstructionLoss(nn.Module):
-    """λ_mse · MSE + λ_perc · perceptual, per image. ``forward`` -> (total (N,), {"mse": (N,), name: (N,)})."""
+def dssim_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM per image (N,): the fidelity metric itself (kornia, 11x11 Gaussian window, mean over the map).
 
-    def __init__(self, lambda_mse: float = 10.0, lambda_perc: float = 10.0, perceptual: PerceptualLoss | None = None):
+    Pixel MSE lets a capacity-limited generator trade edges and contrast for blur; SSIM's structure term does
+    not, so a little of it in the loss buys the structure the metric (and the re-identifier) look at.
+    """
+    import kornia  # local: only training and refinement need it
+
+    return 1.0 - kornia.metrics.ssim(x_hat, x, window_size=11, max_val=1.0).flatten(1).mean(dim=1)
+
+
+class ReconstructionLoss(nn.Module):
+    """λ_mse · MSE + λ_perc · perceptual + λ_ssim · (1 - SSIM), per image.
+
+    ``forward`` -> (total (N,), {"mse": (N,), name: (N,), "dssim": (N,)}); a term with weight 0 is skipped.
+    """
+
+    def __init__(self, lambda_mse: float = 10.0, lambda_perc: float = 10.0, perceptual: PerceptualLoss | None = None,
+                 lambda_ssim: float = 0.0):
         super().__init__()
-        self.lambda_mse, self.lambda_perc = float(lambda_mse), float(lambda_perc)
+        self.lambda_mse, self.lambda_perc, self.lambda_ssim = float(lambda_mse), float(lambda_perc), float(lambda_ssim)
         self.perceptual = perceptual if lambda_perc else None
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mse = mse_per_image(x_hat, x)
         terms = {"mse": mse}
         total = self.lambda_mse * mse
+        if self.lambda_ssim:
+            terms["dssim"] = dssim_per_image(x_hat, x)
+            total = total + self.lambda_ssim * terms["dssim"]
         if self.perceptual is not None:
             perc = self.perceptual(x_hat, x)
             terms[self.perceptual.name] = perc

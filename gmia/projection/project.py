@@ -155,17 +155,22 @@ def _refine(model: AEGAN, x, w0, loss: ReconstructionLoss, steps: int, lr: float
 
 def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.03,
                    perceptual: PerceptualLoss | None = None, lambda_mse: float = 1.0,
-                   lambda_perc: float = 1.0, noise_seeds: list[int] | None = None) -> dict:
+                   lambda_perc: float = 1.0, noise_seeds: list[int] | None = None, *, lambda_ssim: float = 0.0,
+                   refine_space: str | None = None) -> dict:
     """Project a batch x (N, C, R, R) in [0, 1].
 
     Returns {"w_encoder", "x_hat_encoder", "metrics_encoder"} and, refined (or equal without refinement),
     {"w", "x_hat", "metrics"}, plus "loss_encoder"/"loss" (N,) in the refinement loss
-    (λ_mse·MSE + λ_perc·perceptual). Codes: (N, w_dim) in W space, (N, num_ws, w_dim) in W+.
+    (λ_mse·MSE + λ_perc·perceptual + λ_ssim·(1 - SSIM)). Codes: (N, w_dim) in W space, (N, num_ws, w_dim) in W+.
+    refine_space "w+" refines one code per style input even for a W model (its E(x) copied to every layer):
+    more room to fit the image, at the price of leaving the encoder's space (None: the model's own space).
     """
+    if refine_space not in (None, "w", "w+"):
+        raise ValueError(f"refine_space must be None, 'w' or 'w+'; got {refine_space!r}")
     expected = (model.img_channels, model.img_resolution, model.img_resolution)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise InputError(f"project: expected images (N, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
-    loss = ReconstructionLoss(lambda_mse, lambda_perc, perceptual)
+    loss = ReconstructionLoss(lambda_mse, lambda_perc, perceptual, lambda_ssim)
     with torch.no_grad():
         w0 = model.encode(x)
         x0 = model.synthesize(w0)
@@ -173,7 +178,8 @@ def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_
     out = {"w_encoder": w0, "x_hat_encoder": x0, "metrics_encoder": reconstruction_metrics(x0, x, perceptual),
            "loss_encoder": loss0}
     if refine_steps > 0:
-        w, best_loss = _refine(model, x, w0, loss, refine_steps, refine_lr, noise_seeds)
+        start = model.broadcast(w0) if refine_space == "w+" else w0
+        w, best_loss = _refine(model, x, start, loss, refine_steps, refine_lr, noise_seeds)
         with torch.no_grad():
             x_hat = model.synthesize(w)
         out.update(w=w, x_hat=x_hat, metrics=reconstruction_metrics(x_hat, x, perceptual), loss=best_loss)
@@ -208,7 +214,8 @@ def _mean(rows: list[dict], name: str) -> float:
 def project_dataset(model: AEGAN, dataset: ImageDataset, out_dir: str | Path, refine_steps: int = 0,
                     refine_lr: float = 0.03, perceptual: PerceptualLoss | None = None, batch_size: int = 32,
                     lambda_mse: float = 1.0, lambda_perc: float = 1.0, progress: bool = True,
-                    checkpoint: str | Path | None = None) -> dict:
+                    checkpoint: str | Path | None = None, lambda_ssim: float = 0.0,
+                    refine_space: str | None = None) -> dict:
     """Project every image of ``dataset`` and write latents, reconstructions and metrics to ``out_dir``.
 
     Returns the "mean" block of metrics.json (PSNR, SSIM, perceptual; "_encoder" suffix = before refinement).
@@ -224,7 +231,8 @@ def project_dataset(model: AEGAN, dataset: ImageDataset, out_dir: str | Path, re
     for start in range(0, n, batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
         x = torch.stack([s["image"] for s in samples]).to(device)
-        res = project_images(model, x, refine_steps, refine_lr, perceptual, lambda_mse, lambda_perc)
+        res = project_images(model, x, refine_steps, refine_lr, perceptual, lambda_mse, lambda_perc,
+                             lambda_ssim=lambda_ssim, refine_space=refine_space)
         for i, s in enumerate(samples):
             save_image(res["x_hat"][i].clamp(0, 1), _recon_path(out_dir, s["key"]))
             row = {"key": s["key"]}
@@ -238,7 +246,8 @@ def project_dataset(model: AEGAN, dataset: ImageDataset, out_dir: str | Path, re
         bar.update(len(samples))
         bar.set_postfix(ssim=f"{_mean(rows, 'ssim'):.4f}", psnr=f"{_mean(rows, 'psnr'):.2f}")
     bar.close()
-    meta = {"format": LATENTS_FORMAT, "keys": json.dumps(keys), "latent": model.latent,
+    space = refine_space if refine_steps > 0 and refine_space else model.latent
+    meta = {"format": LATENTS_FORMAT, "keys": json.dumps(keys), "latent": space,
             "refine_steps": str(refine_steps)}
     tmp = out_dir / ".latents.safetensors.tmp"
     save_file({"w": torch.cat(ws).contiguous(), "w_encoder": torch.cat(ws0).contiguous()}, str(tmp), metadata=meta)
@@ -247,8 +256,9 @@ def project_dataset(model: AEGAN, dataset: ImageDataset, out_dir: str | Path, re
     mean = {k: _mean(rows, k) for k in names}
     record = {"n": n, "mean": mean, "per_image": rows,
               "settings": {"refine_steps": refine_steps, "refine_lr": refine_lr, "lambda_mse": lambda_mse,
-                           "lambda_perc": lambda_perc, "perceptual": perceptual.name if perceptual else None,
-                           "latent": model.latent, "noise_mode": "const"},
+                           "lambda_perc": lambda_perc, "lambda_ssim": lambda_ssim,
+                           "perceptual": perceptual.name if perceptual else None, "latent": space,
+                           "noise_mode": "const"},
               "checkpoint": None if checkpoint is None else
               {"dir": str(checkpoint), "sha256": sha256_file(Path(checkpoint) / "aegan.safetensors")}}
     atomic_write_json(out_dir / "metrics.json", record)
@@ -274,4 +284,5 @@ def run_projection(cfg: ProjectionConfig, preset: str | None, input_dir: str | P
         log(None, f"perceptual metric and term: none ({exc})")
     return project_dataset(model, dataset, out_dir, refine_steps=cfg.refine_steps, refine_lr=cfg.refine_lr,
                            perceptual=perceptual, batch_size=cfg.batch_size, lambda_mse=cfg.lambda_mse,
-                           lambda_perc=cfg.lambda_perc, progress=progress, checkpoint=checkpoint)
+                           lambda_perc=cfg.lambda_perc, progress=progress, checkpoint=checkpoint,
+                           lambda_ssim=cfg.lambda_ssim, refine_space=cfg.refine_space)

@@ -21,7 +21,7 @@ from gmia.errors import CheckpointError, ConfigError
 
 from .config import ARCHITECTURE_FIELDS, AeganConfig, config_dict
 
-__all__ = ["SNAPSHOT_FORMAT", "find_snapshot", "load_snapshot", "save_snapshot"]
+__all__ = ["SNAPSHOT_FORMAT", "find_snapshot", "init_weights", "load_snapshot", "save_snapshot"]
 
 SNAPSHOT_FORMAT = "gmia-aegan-state/1"
 _PATTERN = "training-state-*.safetensors"
@@ -119,3 +119,49 @@ def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
     torch.set_rng_state(tensors["rng/torch_cpu"])
     nets.pl_mean.copy_(tensors["pl_mean"].reshape([]).to(device))
     return dict(meta["state"])
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: unreadable weights file ({exc})") from None
+
+
+def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> list[str]:
+    """Load ``sd`` into ``module`` (cast to its dtype); returns the module's keys that ``sd`` lacks. Only a W+
+    encoder's ``ws_head`` may be missing (it starts at zero: the W+ model starts as the W model)."""
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    extra = [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd]
+    if wrong or extra or any(".ws_head." not in k for k in missing):
+        raise CheckpointError(f"{what} does not fit the configured network (wrong shape: {wrong[:3]}, unexpected: "
+                              f"{extra[:3]}, missing: {missing[:3]}); start from weights of the same preset")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
+    return missing
+
+
+def init_weights(source: str | Path, nets) -> str:
+    """Start ``nets`` from other weights (fine-tuning): ``source`` is a training-state snapshot (G, G_ema and D)
+    or an exported checkpoint folder (``aegan`` for G and G_ema, ``discriminator`` when exported, else D stays
+    fresh). Optimizers, counters and RNG start fresh. Returns a one-line description for the log."""
+    source = Path(source)
+    if source.is_file():
+        tensors = _read_tensors(source)
+        parts = {prefix: {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+                 for prefix in ("G", "G_ema", "D")}
+        if not parts["G"]:
+            raise CheckpointError(f"{source}: not a stage-1 training-state snapshot (no G/ tensors)")
+    elif (source / "aegan.safetensors").is_file():
+        weights = _read_tensors(source / "aegan.safetensors")
+        disc = source / "discriminator.safetensors"
+        parts = {"G": weights, "G_ema": weights, "D": _read_tensors(disc) if disc.is_file() else {}}
+    else:
+        raise CheckpointError(f"{source}: give a training-state-*.safetensors file or a checkpoint folder holding "
+                              "aegan.safetensors")
+    for prefix, module in (("G", nets.G), ("G_ema", nets.G_ema), ("D", nets.D)):
+        if parts[prefix]:
+            _fit_weights(module, parts[prefix], f"{source} ({prefix})")
+    return f"E and G{' and D' if parts['D'] else ''} from {source}" + ("" if parts["D"] else " (D fresh)")

@@ -8,7 +8,8 @@ One iteration (``training_step``), in the official phase order, each phase with 
   Dmain  D:      softplus(D(fake)) + softplus(-D(x)); fake = the Gmain reconstruction (detached, reused
                  to save one E + G forward per step)                            (every step)
   Dreg   D:      R1 γ/2·|∇D(x)|², ·interval                                     (every r1_interval)
-then the EMA of E and G. Lazy phases scale Adam's lr and β by interval/(interval+1). x is the augmented real
+then the EMA of E and G. With λ_gan = 0 the step is a plain autoencoder step: D is neither run nor trained (the
+fidelity fine-tune of the phantom presets, ``--init-from`` a co-trained run, half the cost of a co-training step). Lazy phases scale Adam's lr and β by interval/(interval+1). x is the augmented real
 batch (E reconstructs what it sees).
 
 Run folder: config.json (before step 1), log.txt, stats.jsonl (one line per tick), grid-<kimg>.png
@@ -40,7 +41,7 @@ from .losses import (PerceptualLoss, ReconstructionLoss, build_perceptual, d_log
                      path_length_penalty, path_lengths, r1_penalty)
 from .model import AEGAN, build_discriminator
 from .project import reconstruction_metrics, save_grid
-from .snapshot import find_snapshot, load_snapshot, save_snapshot
+from .snapshot import find_snapshot, init_weights, load_snapshot, save_snapshot
 from .runtime import ImageSource, RankContext, StopFlag
 
 __all__ = ["Networks", "TrainResult", "augment", "train_aegan", "training_step"]
@@ -140,6 +141,8 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
         (penalty.mean() * cfg.pl_weight * cfg.pl_interval).backward()
         _apply(nets.opt_G, G, ctx)
         stats["G/pl_penalty"] = penalty.mean().item()
+    if not cfg.lambda_gan:  # a plain autoencoder step (fidelity fine-tuning): nothing reads D, so skip its phases
+        return stats
     # Dmain: logistic loss on the real batch and the (detached) reconstructions
     G.requires_grad_(False)
     D.requires_grad_(True)
@@ -211,7 +214,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
                           "choose a new --out")
     if perceptual is None and cfg.lambda_perc:
         perceptual = build_perceptual(cfg.perceptual, cfg.preset, cfg.lpips_weights, ctx.device)
-    recon_loss = ReconstructionLoss(cfg.lambda_mse, cfg.lambda_perc, perceptual).to(ctx.device)
+    recon_loss = ReconstructionLoss(cfg.lambda_mse, cfg.lambda_perc, perceptual, cfg.lambda_ssim).to(ctx.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: log(run_dir, msg)) if ctx.is_main else (lambda msg: None)
     # ---- data
@@ -225,11 +228,13 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
     if snapshot is not None:
         state = load_snapshot(snapshot, nets, cfg, source.fingerprint)
         say(f"resumed from {snapshot.name} at {state['nimg'] / 1000:.3f} kimg")
-    elif ctx.is_main:
-        checkpoints = {} if perceptual is None else {f"perceptual:{perceptual.name}": perceptual.sha256 or "n/a"}
-        write_config(run_dir, config_dict(cfg), checkpoints=checkpoints, data=data_info, stage="aegan")
-        say(f"training stage 1 (AE-GAN) on {len(source)} images, {cfg.kimg:g} kimg, batch {cfg.batch}, "
-            f"latent {cfg.latent}, perceptual {perceptual.name if perceptual else 'none'} -> {run_dir}")
+    else:
+        start = init_weights(cfg.init_from, nets) if cfg.init_from else "fresh weights"
+        if ctx.is_main:
+            checkpoints = {} if perceptual is None else {f"perceptual:{perceptual.name}": perceptual.sha256 or "n/a"}
+            write_config(run_dir, config_dict(cfg), checkpoints=checkpoints, data=data_info, stage="aegan")
+            say(f"training stage 1 (AE-GAN) on {len(source)} images, {cfg.kimg:g} kimg, batch {cfg.batch}, "
+                f"latent {cfg.latent}, perceptual {perceptual.name if perceptual else 'none'}, {start} -> {run_dir}")
     stats_writer = StatsWriter(run_dir) if ctx.is_main else None
     total_nimg = int(round(cfg.kimg * 1000))
     tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
@@ -252,7 +257,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
             count += 1
             bar.update(cfg.batch)
             bar.set_postfix_str(f"kimg {state['nimg'] / 1000:.2f} mse {losses['G/mse']:.4f} "
-                                f"D {losses['D/loss']:.3f}", refresh=False)
+                                f"D {losses.get('D/loss', float('nan')):.3f}", refresh=False)
             done = state["nimg"] >= total_nimg
             interrupted = ctx.any(stop.requested)
             if not (done or interrupted or state["nimg"] >= (state["tick"] + 1) * tick_nimg):
@@ -278,7 +283,8 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
                     stats_writer.write(**record)
                     say(f"tick {state['tick']:<5d} kimg {state['nimg'] / 1000:<9.3f} time {_fmt_time(state['elapsed']):<10s}"
                         f" sec/tick {tick_time:<7.1f} mse {last_stats.get('G/mse', float('nan')):.5f} "
-                        f"D {last_stats.get('D/loss', float('nan')):.3f} grid ssim {metrics.get('ssim', float('nan')):.4f}")
+                        + (f"D {last_stats['D/loss']:.3f} " if "D/loss" in last_stats else "")
+                        + f"grid ssim {metrics.get('ssim', float('nan')):.4f}")
             if ctx.is_main and (done or interrupted or state["tick"] % cfg.snapshot_ticks == 0):
                 save_snapshot(run_dir, nets, cfg, state, source.fingerprint, keep=cfg.keep_snapshots)
             if interrupted:

@@ -84,3 +84,21 @@ def test_lpips_uses_a_local_trunk_file(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="missing features"):
         L.LpipsLoss(tmp_path / "bad.pth")
+
+
+def test_ssim_term_is_one_minus_the_fidelity_metric():
+    import kornia
+
+    x = torch.rand(3, 1, 16, 16)
+    assert L.dssim_per_image(x, x).abs().max() < 1e-5
+    noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    d = L.dssim_per_image(noisy, x)
+    expected = 1 - kornia.metrics.ssim(noisy, x, 11).flatten(1).mean(1)
+    assert d.shape == (3,) and torch.allclose(d, expected) and (d > 0.05).all()
+    total, terms = L.ReconstructionLoss(10.0, 0.0, None, lambda_ssim=2.0)(noisy, x)
+    assert set(terms) == {"mse", "dssim"}
+    assert torch.allclose(total, 10.0 * terms["mse"] + 2.0 * d)
+    total.sum().backward()
+    assert noisy.grad.abs().sum() > 0
+    _, terms = L.ReconstructionLoss(10.0, 0.0, None)(noisy, x)
+    assert set(terms) == {"mse"}  # weight 0: the term is not computed

@@ -28,6 +28,22 @@ def test_refinement_lowers_the_loss_and_is_per_image(model, perceptual):
     assert torch.allclose(one["w"][0], out["w"][2], atol=1e-5)  # batching does not change an image's result
 
 
+def test_w_plus_refinement_of_a_w_model_with_the_ssim_term(model, tiny_data, tmp_path):
+    x = torch.rand(3, 1, 16, 16)
+    out = project_images(model, x, refine_steps=15, lambda_perc=0.0, lambda_ssim=1.0, refine_space="w+")
+    assert out["w_encoder"].shape == (3, 32) and out["w"].shape == (3, model.num_ws, 32)
+    assert (out["loss"] <= out["loss_encoder"]).all() and (out["loss"] < out["loss_encoder"]).any()
+    layers_differ = (out["w"] - out["w"][:, :1]).abs().amax(dim=(1, 2)) > 0
+    assert layers_differ.all()  # each layer got its own code
+    with pytest.raises(ValueError, match="refine_space"):
+        project_images(model, x, refine_steps=1, refine_space="z")
+    project_dataset(model, tiny_data, tmp_path, refine_steps=2, lambda_ssim=1.0, refine_space="w+", progress=False)
+    settings = json.loads((tmp_path / "metrics.json").read_text())["settings"]
+    assert settings["latent"] == "w+" and settings["lambda_ssim"] == 1.0
+    with safe_open(str(tmp_path / "latents.safetensors"), framework="pt") as f:
+        assert f.metadata()["latent"] == "w+" and f.get_tensor("w").shape == (len(tiny_data), model.num_ws, 32)
+
+
 def test_project_dataset_writes_latents_reconstructions_metrics(model, tiny_data, tmp_path):
     mean = project_dataset(model, tiny_data, tmp_path, refine_steps=3, batch_size=5, progress=False)
     with safe_open(str(tmp_path / "latents.safetensors"), framework="pt") as f:

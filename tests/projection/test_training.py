@@ -69,3 +69,51 @@ def test_resume_refuses_another_setup(tiny_cfg, tiny_data, perceptual, tmp_path)
     with pytest.raises(ConfigError, match="batch"):
         train_aegan(aegan_config("tiny", batch=2), tiny_data, tmp_path, resume=True, perceptual=perceptual,
                     progress=False)
+
+
+def test_init_from_starts_a_fine_tune_from_other_weights(tiny_data, perceptual, tmp_path):
+    """A run started from a snapshot or a checkpoint folder begins at those weights (fresh counters); a W
+    checkpoint can start a W+ run, which then encodes exactly as the W model; a mismatched one is refused."""
+    from gmia.errors import CheckpointError
+    from gmia.projection.snapshot import init_weights
+    from gmia.projection.training import build_networks
+
+    src = train_aegan(aegan_config("tiny", kimg=0.008), tiny_data, tmp_path / "src", perceptual=perceptual,
+                      progress=False)
+    snap = find_snapshot(tmp_path / "src")
+    # kimg 0: nothing trains, so the export is the source's G_ema unchanged
+    ft = train_aegan(aegan_config("tiny", kimg=0.0, init_from=str(snap), lambda_ssim=1.0), tiny_data,
+                     tmp_path / "ft", perceptual=perceptual, progress=False)
+    a, b = load_aegan(src.checkpoint_dir).state_dict(), load_aegan(ft.checkpoint_dir).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "from " + str(snap) in (tmp_path / "ft" / "log.txt").read_text()
+
+    cfg = aegan_config("tiny", latent="w+")
+    nets, _ = build_networks(cfg, torch.device("cpu"))
+    assert "D fresh" in init_weights(src.checkpoint_dir, nets)
+    x = torch.rand(2, 1, 16, 16)
+    w = load_aegan(src.checkpoint_dir).encode(x)
+    with torch.no_grad():
+        assert torch.allclose(nets.G_ema.encode(x), w.unsqueeze(1).expand(-1, nets.G_ema.num_ws, -1), atol=1e-6)
+
+    wider, _ = build_networks(aegan_config("tiny", channel_max=32), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        init_weights(snap, wider)
+    with pytest.raises(CheckpointError, match="aegan.safetensors"):
+        init_weights(tmp_path, wider)
+
+
+def test_lambda_gan_zero_is_an_autoencoder_step_that_leaves_d_alone(tiny_data):
+    from gmia.projection.losses import ReconstructionLoss
+    from gmia.projection.runtime import RankContext
+    from gmia.projection.training import build_networks, training_step
+
+    cfg = aegan_config("tiny", lambda_gan=0.0, lambda_ssim=1.0)
+    nets, _ = build_networks(cfg, torch.device("cpu"))
+    d_before = {k: v.clone() for k, v in nets.D.state_dict().items()}
+    g_before = {k: v.clone() for k, v in nets.G.state_dict().items()}
+    x = torch.stack([tiny_data[i]["image"] for i in range(4)])
+    stats = training_step(nets, x, 0, cfg, ReconstructionLoss(1.0, 0.0, None, 1.0), RankContext())
+    assert "G/dssim" in stats and not any(k.startswith("D/") for k in stats) and "G/gan" not in stats
+    assert all(torch.equal(v, nets.D.state_dict()[k]) for k, v in d_before.items())
+    assert any(not torch.equal(v, nets.G.state_dict()[k]) for k, v in g_before.items())
