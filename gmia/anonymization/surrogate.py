@@ -25,8 +25,8 @@ two pulls can balance short of the margin (10 of 48 images withheld before this 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .losses import Views, identity_cosine
 from .optimizer import decode
 
 __all__ = ["SurrogateTerm", "SURROGATE_SALT"]
@@ -59,8 +59,9 @@ class SurrogateTerm:
         with torch.no_grad():
             return self.net.embed(self.targets(seeds))
 
-    def cosine(self, x_a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        return F.cosine_similarity(self.net.embed(x_a), ref, dim=1, eps=1e-8)
+    def cosine(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None) -> torch.Tensor:
+        # E_id(x_A) from the shared views: the identity hinge has already computed it this step
+        return identity_cosine(Views.of(x_a, views).embed(self.net), ref)
 
-    def loss(self, x_a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        return (self.target_cos - self.cosine(x_a, ref)).clamp_min(0.0)
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None) -> torch.Tensor:
+        return (self.target_cos - self.cosine(x_a, ref, views)).clamp_min(0.0)

@@ -67,8 +67,8 @@ class MDLTerm:
         if self.scale <= 0:
             raise InputError(f"decoupler semantic_scale must be > 0 to normalize, got {self.scale}")
 
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.mfm.features(x).float()
+    def _split(self, x: torch.Tensor, views=None) -> tuple[torch.Tensor, torch.Tensor]:
+        f = (views.features(self.mfm) if views is not None else self.mfm.features(x)).float()
         dec = self.decoupler.to(f.device)
         return dec(f)
 
@@ -78,9 +78,10 @@ class MDLTerm:
             s, u = self._split(x_r)
         return torch.cat([s, u], dim=1)
 
-    def components(self, x_a: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image {"sem": distance / scale, "mid": hinge, "cos_mfm_id": cosine of the identity codes}."""
-        s, u = self._split(x_a)
+    def components(self, x_a: torch.Tensor, ref: torch.Tensor, views=None) -> dict[str, torch.Tensor]:
+        """Per-image {"sem": distance / scale, "mid": hinge, "cos_mfm_id": cosine of the identity codes}.
+        ``views``: the step's shared network passes (``gmia.anonymization.losses.Views``), if any."""
+        s, u = self._split(x_a, views)
         d = s.shape[1]
         if ref.shape[1] != d + u.shape[1]:
             raise InputError(f"MDLTerm reference has {ref.shape[1]} columns, expected {d + u.shape[1]} "
@@ -88,8 +89,8 @@ class MDLTerm:
         hinge, cos = identity_code_hinge(u, ref[:, d:], self.margin)
         return {"sem": semantic_distance(s, ref[:, :d]) / self.scale, "mid": hinge, "cos_mfm_id": cos}
 
-    def loss(self, x_a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        c = self.components(x_a, ref)
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views=None) -> torch.Tensor:
+        c = self.components(x_a, ref, views)
         return self.lambda_sem * c["sem"] + self.lambda_mid * c["mid"]
 
     def __repr__(self) -> str:
