@@ -90,6 +90,10 @@ mia: data/$(EVAL_PRESET)/phantom.json
 # Order matters: the decoupler is fitted on the MFM's features; the stage-1 acceptance table (written into the
 # aegan card) uses the attacker and the utility network. THREADS=1 is fastest on a shared CPU.
 THREADS ?= 2
+# Stage 1 in two phases: co-training with D (the preset's kimg), then a fidelity fine-tune of E and G alone
+# (pixel MSE + 1 - SSIM, no GAN term, D skipped) from the co-trained weights. Refined projection: W+, SSIM term.
+AEGAN_FT_KIMG ?= 80
+STAGE1_REFINE ?= --refine-steps 100 --refine-space w+ --lambda-ssim 1
 train-phantom: phantom-data
 	@for p in phantom-cxr64 phantom-face64; do \
 	  for role in mfm identity utility attacker; do \
@@ -97,9 +101,11 @@ train-phantom: phantom-data
 	  done; \
 	  $(GMIA) fit-decoupler --preset $$p --data data/$$p --out checkpoints/$$p || exit 1; \
 	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p --resume --quiet || exit 1; \
-	  cp runs/aegan-$$p/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
+	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p-ft --resume --quiet \
+	    --init-from runs/aegan-$$p/checkpoint --lambda-gan 0 --lambda-ssim 1 --kimg $(AEGAN_FT_KIMG) || exit 1; \
+	  cp runs/aegan-$$p-ft/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
 	  $(GMIA) fit-prior --preset $$p --data data/$$p || exit 1; \
-	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) --update-card || exit 1; \
+	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) $(STAGE1_REFINE) --update-card || exit 1; \
 	done
 
 # ---- benchmarks -------------------------------------------------------------------------------------

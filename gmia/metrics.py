@@ -226,10 +226,16 @@ def probe_identity(train_feats, train_ids, test_feats, test_ids, exclude=None,
     xtr, xte = _np(train_feats, np.float64), _np(test_feats, np.float64)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-    n_ids = len(np.unique(_np(train_ids)))
+    ids = _np(train_ids)
+    # a patient seen once has no within-class spread to learn from (and makes the shrinkage estimate warn)
+    values, counts = np.unique(ids, return_counts=True)
+    keep = np.isin(ids, values[counts >= 2])
+    n_ids = int((counts >= 2).sum())
+    if n_ids < 2:
+        raise ValueError(f"probe_identity: need at least 2 training identities with 2+ samples; got {n_ids}")
     lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
                                      n_components=min(max_dim, n_ids - 1, xtr.shape[1]))
-    lda.fit(xtr, _np(train_ids))
+    lda.fit(xtr[keep], ids[keep])
     return {"probe_auc": verification_auc(lda.transform(xte), test_ids, exclude=exclude),
             "raw_auc": verification_auc(xte, test_ids, exclude=exclude)}
 

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,14 @@ def test_linear_probes():
     tr, te = ids < 20, ids >= 20
     out = metrics.probe_identity(emb[tr], ids[tr], emb[te], ids[te])
     assert out["probe_auc"] > 0.9 and out["raw_auc"] > 0.9
+    # patients seen once are left out of the fit, without a warning; too few usable patients is an error
+    singles = np.concatenate([emb[tr], emb[te][:3]]), np.concatenate([ids[tr], 100 + np.arange(3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = metrics.probe_identity(*singles, emb[te], ids[te])
+    assert again["probe_auc"] > 0.9
+    with pytest.raises(ValueError, match=r"2\+ samples"):
+        metrics.probe_identity(emb[:3], np.arange(3), emb[te], ids[te])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 5))
     y = np.stack([(x[:, 0] > 0), (x[:, 1] > 0)], 1).astype(float)

@@ -23,6 +23,7 @@ with the same weights as an uninterrupted one. SIGINT stops after the current st
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,16 @@ def _fmt_time(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _source_card(source: Path) -> dict:
+    """The training record of the weights a fine-tune started from (their card's kimg, time, command), if any."""
+    card = source / "aegan.json" if source.is_dir() else None
+    if card is None or not card.is_file():
+        return {}
+    meta = json.loads(card.read_text()).get("meta", {})
+    keep = ("command", "kimg", "training_seconds", "hardware", "init_from")
+    return {k: meta[k] for k in keep if k in meta}
+
+
 def _export(nets: Networks, d_kwargs: dict, cfg: AeganConfig, run_dir: Path, state: dict, data_info: dict,
             metrics: dict) -> Path:
     out = run_dir / "checkpoint"
@@ -190,6 +201,8 @@ def _export(nets: Networks, d_kwargs: dict, cfg: AeganConfig, run_dir: Path, sta
             "training_seconds": round(state["elapsed"], 1), "hardware": env["device"], "environment": env,
             "data": data_info, "metrics": {"train_grid": metrics}, "config": config_dict(cfg),
             "image_range": [0.0, 1.0]}
+    if cfg.init_from:  # a fine-tune: its card also says where the weights came from and how they were made
+        meta["init_from"] = {"path": cfg.init_from, **_source_card(Path(cfg.init_from))}
     dtype = torch.float16 if cfg.export_dtype == "float16" else None
     save_module(nets.G_ema, nets.G_ema.init_kwargs, out, "aegan", meta=meta, dtype=dtype)
     if cfg.export_discriminator:

@@ -88,6 +88,13 @@ def test_init_from_starts_a_fine_tune_from_other_weights(tiny_data, perceptual, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "from " + str(snap) in (tmp_path / "ft" / "log.txt").read_text()
 
+    card = json.loads((ft.checkpoint_dir / "aegan.json").read_text())["meta"]
+    assert card["init_from"]["path"] == str(snap) and card["kimg"] == 0.0
+    again = train_aegan(aegan_config("tiny", kimg=0.0, init_from=str(src.checkpoint_dir)), tiny_data,
+                        tmp_path / "ft2", perceptual=perceptual, progress=False)
+    source = json.loads((again.checkpoint_dir / "aegan.json").read_text())["meta"]["init_from"]
+    assert source["kimg"] == pytest.approx(0.008) and "command" in source  # the first phase's record travels
+
     cfg = aegan_config("tiny", latent="w+")
     nets, _ = build_networks(cfg, torch.device("cpu"))
     assert "D fresh" in init_weights(src.checkpoint_dir, nets)
