@@ -107,7 +107,8 @@ def main() -> None:
                                                   "command": "python experiments/eval_stage1.py --preset "
                                                              f"{args.preset} --refine-steps {args.refine_steps} "
                                                              f"--refine-space {table['refine_space']} --lambda-ssim "
-                                                             f"{args.lambda_ssim} --refine-lr {args.refine_lr}"}
+                                                             f"{args.lambda_ssim} --refine-lr {args.refine_lr}"
+                                                             + (f" --limit {args.limit}" if args.limit else "")}
         atomic_write_json(card_path, card)
         print(f"updated {card_path}")
 
