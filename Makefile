@@ -92,7 +92,7 @@ mia: data/$(EVAL_PRESET)/phantom.json
 THREADS ?= 2
 # Stage 1 in two phases: co-training with D (the preset's kimg), then a fidelity fine-tune of E and G alone
 # (pixel MSE + 1 - SSIM, no GAN term, D skipped) from the co-trained weights. Refined projection: W+, SSIM term.
-AEGAN_FT_KIMG ?= 80
+AEGAN_FT_KIMG ?= 60
 STAGE1_REFINE ?= --refine-steps 200 --refine-space w+ --lambda-ssim 1 --refine-lr 0.05 --limit 200
 train-phantom: phantom-data
 	@for p in phantom-cxr64 phantom-face64; do \
