@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -104,11 +105,7 @@ def main() -> None:
         card_path = folder / "aegan.json"
         card = json.loads(card_path.read_text())
         card.setdefault("meta", {})["metrics"] = {**card["meta"].get("metrics", {}), "test_split": table,
-                                                  "command": "python experiments/eval_stage1.py --preset "
-                                                             f"{args.preset} --refine-steps {args.refine_steps} "
-                                                             f"--refine-space {table['refine_space']} --lambda-ssim "
-                                                             f"{args.lambda_ssim} --refine-lr {args.refine_lr}"
-                                                             + (f" --limit {args.limit}" if args.limit else "")}
+                                                  "command": " ".join(["python", *sys.argv])}
         atomic_write_json(card_path, card)
         print(f"updated {card_path}")
 

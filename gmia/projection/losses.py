@@ -21,6 +21,7 @@ import math
 import warnings
 from pathlib import Path
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,9 +31,8 @@ from gmia.errors import CheckpointError, ConfigError
 
 __all__ = [
     "FeatureLoss", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual", "d_logistic_loss",
-    "dssim_per_image",
-    "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty", "path_lengths",
-    "r1_penalty",
+    "dssim_per_image", "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty", "path_lengths",
+    "r1_penalty", "ssim_per_image",
 ]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet weights (the LPIPS-alex trunk)
@@ -203,15 +203,18 @@ def build_perceptual(kind: str, preset: str | None, lpips_weights: str | Path | 
                               f"({exc}); {fix}") from None
 
 
+def ssim_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """SSIM per image (N,): kornia, 11x11 Gaussian window, mean over the map (the reported fidelity metric)."""
+    return kornia.metrics.ssim(x_hat, x, window_size=11, max_val=1.0).flatten(1).mean(dim=1)
+
+
 def dssim_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1 - SSIM per image (N,): the fidelity metric itself (kornia, 11x11 Gaussian window, mean over the map).
+    """1 - SSIM per image (N,): the fidelity metric itself as a loss.
 
     Pixel MSE lets a capacity-limited generator trade edges and contrast for blur; SSIM's structure term does
     not, so a little of it in the loss buys the structure the metric (and the re-identifier) look at.
     """
-    import kornia  # local: only training and refinement need it
-
-    return 1.0 - kornia.metrics.ssim(x_hat, x, window_size=11, max_val=1.0).flatten(1).mean(dim=1)
+    return 1.0 - ssim_per_image(x_hat, x)
 
 
 class ReconstructionLoss(nn.Module):

@@ -31,7 +31,7 @@ from gmia.errors import CheckpointError, InputError
 from gmia.runs import atomic_write_json, log
 
 from .config import ProjectionConfig
-from .losses import PerceptualLoss, ReconstructionLoss, build_perceptual
+from .losses import PerceptualLoss, ReconstructionLoss, build_perceptual, ssim_per_image
 from .model import AEGAN
 
 __all__ = ["LatentRefiner", "load_aegan", "open_images", "project_codes", "project_dataset", "project_images",
@@ -75,7 +75,7 @@ def reconstruction_metrics(x_hat: torch.Tensor, x: torch.Tensor,
         raise ValueError(f"metrics: reconstruction {tuple(x_hat.shape)} vs image {tuple(x.shape)}")
     x_hat = x_hat.clamp(0, 1)
     psnr = torch.stack([kornia.metrics.psnr(x_hat[i:i + 1], x[i:i + 1], 1.0) for i in range(len(x))])
-    ssim = kornia.metrics.ssim(x_hat, x, window_size=11, max_val=1.0).flatten(1).mean(dim=1)
+    ssim = ssim_per_image(x_hat, x)
     out = {"psnr": psnr.nan_to_num(posinf=PSNR_CAP).clamp(max=PSNR_CAP), "ssim": ssim}
     if perceptual is not None:
         out[perceptual.name] = perceptual(x_hat, x)

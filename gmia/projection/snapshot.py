@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from gmia.checkpoints import load_module
 from gmia.errors import CheckpointError, ConfigError
 
 from .config import ARCHITECTURE_FIELDS, AeganConfig, config_dict
@@ -91,17 +92,23 @@ def _load_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, grou
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
-    """Restore ``nets`` from ``path`` in place and return the loop counters. Refuses a snapshot made with
-    other networks, batch, seed or data (the resumed run would not be the same run)."""
+def _read_snapshot(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a training-state snapshot, checked for readability and format."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["state"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types
+    except Exception as exc:  # safetensors raises its own error types (and a foreign file has no "state")
         raise CheckpointError(f"{path}: unreadable snapshot ({exc}); delete it to resume from an older one") from None
     if meta.get("format") != SNAPSHOT_FORMAT:
         raise CheckpointError(f"{path}: not a {SNAPSHOT_FORMAT} snapshot")
+    return meta, tensors
+
+
+def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
+    """Restore ``nets`` from ``path`` in place and return the loop counters. Refuses a snapshot made with
+    other networks, batch, seed or data (the resumed run would not be the same run)."""
+    meta, tensors = _read_snapshot(path)
     saved, now = meta["config"], config_dict(cfg)
     diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in ARCHITECTURE_FIELDS if saved.get(k) != now[k]]
     if diff:
@@ -119,14 +126,6 @@ def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
     torch.set_rng_state(tensors["rng/torch_cpu"])
     nets.pl_mean.copy_(tensors["pl_mean"].reshape([]).to(device))
     return dict(meta["state"])
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: unreadable weights file ({exc})") from None
 
 
 def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> list[str]:
@@ -149,15 +148,13 @@ def init_weights(source: str | Path, nets) -> str:
     fresh). Optimizers, counters and RNG start fresh. Returns a one-line description for the log."""
     source = Path(source)
     if source.is_file():
-        tensors = _read_tensors(source)
+        _, tensors = _read_snapshot(source)
         parts = {prefix: {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
                  for prefix in ("G", "G_ema", "D")}
-        if not parts["G"]:
-            raise CheckpointError(f"{source}: not a stage-1 training-state snapshot (no G/ tensors)")
     elif (source / "aegan.safetensors").is_file():
-        weights = _read_tensors(source / "aegan.safetensors")
-        disc = source / "discriminator.safetensors"
-        parts = {"G": weights, "G_ema": weights, "D": _read_tensors(disc) if disc.is_file() else {}}
+        weights = load_module(source, "aegan").state_dict()  # checks the card and the sha256
+        disc = (source / "discriminator.safetensors").is_file()
+        parts = {"G": weights, "G_ema": weights, "D": load_module(source, "discriminator").state_dict() if disc else {}}
     else:
         raise CheckpointError(f"{source}: give a training-state-*.safetensors file or a checkpoint folder holding "
                               "aegan.safetensors")

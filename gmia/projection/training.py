@@ -269,8 +269,8 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             bar.update(cfg.batch)
-            bar.set_postfix_str(f"kimg {state['nimg'] / 1000:.2f} mse {losses['G/mse']:.4f} "
-                                f"D {losses.get('D/loss', float('nan')):.3f}", refresh=False)
+            bar.set_postfix_str(f"kimg {state['nimg'] / 1000:.2f} mse {losses['G/mse']:.4f}"
+                                + (f" D {losses['D/loss']:.3f}" if "D/loss" in losses else ""), refresh=False)
             done = state["nimg"] >= total_nimg
             interrupted = ctx.any(stop.requested)
             if not (done or interrupted or state["nimg"] >= (state["tick"] + 1) * tick_nimg):
