@@ -86,14 +86,20 @@ mia: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) mia --preset $(EVAL_PRESET) --members data/$(EVAL_PRESET) --nonmembers data/$(EVAL_PRESET) --latent-fit data/$(EVAL_PRESET) --out outputs/mia/$(EVAL_PRESET)
 
 # ---- the shipped weights ------------------------------------------------------------------------------
-# Reproduces checkpoints/phantom-*/ on a CPU (hours; see each card for the exact command and time).
+# Reproduces checkpoints/phantom-*/ (hours on a CPU; see each card for the exact commands, times and hardware).
 # Order matters: the decoupler is fitted on the MFM's features; the stage-1 acceptance table (written into the
 # aegan card) uses the attacker and the utility network. THREADS=1 is fastest on a shared CPU.
 THREADS ?= 2
 # Stage 1 in two phases: co-training with D (the preset's kimg), then a fidelity fine-tune of E and G alone
 # (pixel MSE + 1 - SSIM, no GAN term, D skipped) from the co-trained weights. Refined projection: W+, SSIM term.
-AEGAN_FT_KIMG ?= 60
-STAGE1_REFINE ?= --refine-steps 200 --refine-space w+ --lambda-ssim 1 --refine-lr 0.05 --limit 200
+# The shipped fine-tune ran 880 kimg in four legs (60 at batch 16 on the CPU; 110 at batch 16, 440 and 270 at
+# batch 64 on an H100 with experiments/gpu_finetune_stage1.sh; the chain is in each aegan card under init_from).
+# Here it is one leg: about 16 min per preset on an H100 (two presets side by side), roughly 9 h per preset on a 2-core CPU
+# (about 37 s/kimg); lower AEGAN_FT_KIMG there for a shorter run.
+AEGAN_FT_KIMG ?= 880
+AEGAN_FT_BATCH ?= 64
+DEVICE ?=
+STAGE1_REFINE ?= --refine-steps 400 --refine-space w+ --lambda-ssim 1 --refine-lr 0.05 --limit 200
 train-phantom: phantom-data
 	@for p in phantom-cxr64 phantom-face64; do \
 	  for role in mfm identity utility attacker; do \
@@ -102,7 +108,8 @@ train-phantom: phantom-data
 	  $(GMIA) fit-decoupler --preset $$p --data data/$$p --out checkpoints/$$p || exit 1; \
 	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p --resume --quiet || exit 1; \
 	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p-ft --resume --quiet \
-	    --init-from runs/aegan-$$p/checkpoint --lambda-gan 0 --lambda-ssim 1 --kimg $(AEGAN_FT_KIMG) || exit 1; \
+	    --init-from runs/aegan-$$p/checkpoint --lambda-gan 0 --lambda-ssim 1 --kimg $(AEGAN_FT_KIMG) \
+	    --batch $(AEGAN_FT_BATCH) $(if $(DEVICE),--device $(DEVICE)) || exit 1; \
 	  cp runs/aegan-$$p-ft/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
 	  $(GMIA) fit-prior --preset $$p --data data/$$p || exit 1; \
 	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) $(STAGE1_REFINE) --update-card || exit 1; \

@@ -42,6 +42,8 @@ class RankContext:
         if device is None:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "--device cuda": this rank's GPU
+            device = torch.device("cuda", local)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if world > 1 and not dist.is_initialized():

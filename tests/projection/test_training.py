@@ -124,3 +124,14 @@ def test_lambda_gan_zero_is_an_autoencoder_step_that_leaves_d_alone(tiny_data):
     assert "G/dssim" in stats and not any(k.startswith("D/") for k in stats) and "G/gan" not in stats
     assert all(torch.equal(v, nets.D.state_dict()[k]) for k, v in d_before.items())
     assert any(not torch.equal(v, nets.G.state_dict()[k]) for k, v in g_before.items())
+
+
+def test_rank_context_gives_a_bare_cuda_device_an_index(monkeypatch):
+    from gmia.projection.runtime import RankContext
+    # "--device cuda" must mean this rank's GPU: torch.cuda.set_device rejects a device without an index.
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(d))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    ctx = RankContext.from_env("cuda")
+    assert ctx.device == torch.device("cuda", 0)
+    assert chosen == [torch.device("cuda", 0)]

@@ -1,0 +1,51 @@
+"""Encoder-only fidelity on training vs held-out patients, for one or more stage-1 checkpoints.
+
+A widening gap between the two columns means the encoder memorizes training patients instead of learning to
+invert G: more training then raises the train column only (and membership inference gets easier).
+
+    python experiments/stage1_generalization.py --preset phantom-cxr64 checkpoints/phantom-cxr64 runs/x/checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from gmia.projection.project import load_aegan, open_images, project_images
+
+
+def encoder_ssim(model, data: str, split: str, limit: int) -> float:
+    """Mean SSIM of G(E(x)) against x over the first ``limit`` images of ``split`` (whole patients first)."""
+    ds = open_images(data, split, model.img_resolution, model.img_channels)
+    ds = ds.select(range(min(limit, len(ds))))
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return float(project_images(model, x, 0, 0.0)["metrics_encoder"]["ssim"].mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", help="checkpoint folders holding aegan.safetensors + aegan.json")
+    ap.add_argument("--preset", default="phantom-cxr64")
+    ap.add_argument("--data", default=None, help="phantom folder (default data/<preset>)")
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = args.data or f"data/{args.preset}"
+    print(f"{'checkpoint':50s} {'kimg*':>7s} {'train':>7s} {'test':>7s} {'gap':>7s}")
+    for folder in args.folders:
+        model = load_aegan(folder)
+        meta = json.loads((Path(folder) / "aegan.json").read_text()).get("meta", {})
+        kimg, source = meta.get("kimg", float("nan")), meta.get("init_from")
+        while source:  # a fine-tune's card nests the card it started from: count every leg
+            kimg, source = kimg + source.get("kimg", 0.0), source.get("init_from")
+        train, test = (encoder_ssim(model, data, s, args.limit) for s in ("train", "test"))
+        print(f"{folder:50s} {kimg:7.1f} {train:7.4f} {test:7.4f} {train - test:7.4f}", flush=True)
+    print(f"* kimg of every training leg (co-training and fine-tunes); SSIM of G(E(x)) on the first {args.limit} "
+          "images of each split")
+
+
+if __name__ == "__main__":
+    main()
