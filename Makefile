@@ -94,8 +94,8 @@ THREADS ?= 2
 # (pixel MSE + 1 - SSIM, no GAN term, D skipped) from the co-trained weights. Refined projection: W+, SSIM term.
 # The shipped fine-tune ran 880 kimg in four legs (60 at batch 16 on the CPU; 110 at batch 16, 440 and 270 at
 # batch 64 on an H100 with experiments/gpu_finetune_stage1.sh; the chain is in each aegan card under init_from).
-# Here it is one leg: about 16 min per preset on an H100 (two presets side by side), roughly 9 h per preset on a 2-core CPU
-# (about 37 s/kimg); lower AEGAN_FT_KIMG there for a shorter run.
+# Here it is one leg: about 16 min per preset on an H100 (two presets side by side), roughly 9 h per preset on
+# a 2-core CPU (about 37 s/kimg); lower AEGAN_FT_KIMG there for a shorter run.
 AEGAN_FT_KIMG ?= 880
 AEGAN_FT_BATCH ?= 64
 DEVICE ?=

@@ -31,8 +31,8 @@ from gmia.errors import CheckpointError, ConfigError
 
 __all__ = [
     "FeatureLoss", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual", "d_logistic_loss",
-    "dssim_per_image", "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty", "path_lengths",
-    "r1_penalty", "ssim_per_image",
+    "dssim_per_image", "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty",
+    "path_lengths", "r1_penalty", "ssim_per_image",
 ]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet weights (the LPIPS-alex trunk)

@@ -40,9 +40,9 @@ class RankContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
-        if device.type == "cuda" and device.index is None:  # "--device cuda": this rank's GPU
+        if device.type == "cuda" and device.index is None:  # default or "--device cuda": this rank's GPU
             device = torch.device("cuda", local)
         if device.type == "cuda":
             torch.cuda.set_device(device)
