@@ -30,19 +30,23 @@ def main() -> None:
     ap.add_argument("--preset", default="phantom-cxr64")
     ap.add_argument("--data", default=None, help="phantom folder (default data/<preset>)")
     ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--splits", default="train,test",
+                    help="comma-separated splits; gap = first minus last (choose checkpoints on val, report test)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = args.data or f"data/{args.preset}"
-    print(f"{'checkpoint':50s} {'kimg*':>7s} {'train':>7s} {'test':>7s} {'gap':>7s}")
+    splits = args.splits.split(",")
+    print(f"{'checkpoint':50s} {'kimg*':>7s} " + " ".join(f"{s:>7s}" for s in splits) + f" {'gap':>7s}")
     for folder in args.folders:
         model = load_aegan(folder)
         meta = json.loads((Path(folder) / "aegan.json").read_text()).get("meta", {})
         kimg, source = meta.get("kimg", float("nan")), meta.get("init_from")
         while source:  # a fine-tune's card nests the card it started from: count every leg
             kimg, source = kimg + source.get("kimg", 0.0), source.get("init_from")
-        train, test = (encoder_ssim(model, data, s, args.limit) for s in ("train", "test"))
-        print(f"{folder:50s} {kimg:7.1f} {train:7.4f} {test:7.4f} {train - test:7.4f}", flush=True)
+        ssim = [encoder_ssim(model, data, s, args.limit) for s in splits]
+        print(f"{folder:50s} {kimg:7.1f} " + " ".join(f"{v:7.4f}" for v in ssim) + f" {ssim[0] - ssim[-1]:7.4f}",
+              flush=True)
     print(f"* kimg of every training leg (co-training and fine-tunes); SSIM of G(E(x)) on the first {args.limit} "
           "images of each split")
 

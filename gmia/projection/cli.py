@@ -36,6 +36,9 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--lr", type=float, default=None, help="Adam learning rate.")
 @click.option("--init-from", type=click.Path(exists=True), default=None,
               help="Fine-tune: start from a training-state snapshot or a checkpoint folder (fresh optimizers).")
+@click.option("--freeze-generator", is_flag=True, help="Train E only (G frozen; needs --lambda-gan 0).")
+@click.option("--synthetic-fraction", type=float, default=None,
+              help="Share of each batch drawn as G(w), w from the --init-from folder's latent prior.")
 @click.option("--split", default=None, help="Phantom split to train on (default train).")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
@@ -44,6 +47,7 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lambda_mse, lambda_ssim, lambda_gan, lr,
+          freeze_generator, synthetic_fraction,
           init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
     from .project import open_images
@@ -51,7 +55,8 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
 
     cfg = aegan_config(preset, kimg=kimg, batch=batch, latent=latent, perceptual=perceptual,
                        lpips_weights=lpips_weights, lambda_mse=lambda_mse, lambda_ssim=lambda_ssim,
-                       lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed)
+                       lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed,
+                       train_generator=False if freeze_generator else None, synthetic_fraction=synthetic_fraction)
     data = data or f"data/{preset}"
     if dry_run:
         click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))

@@ -102,6 +102,10 @@ class AeganConfig:
     # augmentation (applied to the real batch; E reconstructs what it sees)
     aug_hflip: bool = False             # random horizontal flip, p = 0.5
     aug_rotate: float = 0.0             # random rotation, uniform in ±this many degrees (reflection padding)
+    # encoder fine-tune (E learns to invert a fixed G instead of memorizing the training patients)
+    train_generator: bool = True        # False: G is frozen, only E is trained (and nothing reads D)
+    synthetic_fraction: float = 0.0     # share of each batch replaced by G(w), w from the latent prior of the
+    #                                     init_from checkpoint folder: E also sees images no patient owns
     # schedule and records
     kimg: float = 200.0                 # training length in thousands of images
     tick_kimg: float = 1.0              # status line + stats.jsonl every this many kimg
@@ -128,6 +132,9 @@ class AeganConfig:
             (self.batch >= 1 and self.kimg >= 0 and self.tick_kimg > 0, "batch >= 1, kimg >= 0 and tick_kimg > 0"),
             (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
             (self.pl_weight == 0 or self.batch // self.pl_batch_shrink >= 1, "pl_batch_shrink leaves no images"),
+            (0.0 <= self.synthetic_fraction < 1.0, f"synthetic_fraction must be in [0, 1), got {self.synthetic_fraction}"),
+            (self.train_generator or not self.lambda_gan,
+             "a frozen generator (train_generator False) needs lambda_gan 0: the GAN term would only train E to fool D"),
         ]
         for ok, message in checks:
             if not ok:
@@ -150,7 +157,8 @@ class AeganConfig:
 # Fields that fix the networks or the meaning of a training step: a snapshot resumes only when they match.
 ARCHITECTURE_FIELDS = ("resolution", "img_channels", "latent", "w_dim", "channel_base", "channel_max",
                        "d_channel_base", "d_channel_max", "use_noise", "conv_clamp", "image_range", "mbstd_group",
-                       "batch", "seed", "r1_interval", "pl_interval", "pl_weight", "split")
+                       "batch", "seed", "r1_interval", "pl_interval", "pl_weight", "split", "train_generator",
+                       "synthetic_fraction")
 
 _PHANTOM64 = dict(resolution=64, latent="w", w_dim=512, channel_base=2048, channel_max=128, d_channel_base=1024,
                   d_channel_max=128, lambda_gan=0.1, batch=16, r1_gamma=0.05, r1_interval=16, pl_weight=0.0, ema_kimg=5.0,

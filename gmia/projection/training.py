@@ -9,8 +9,11 @@ One iteration (``training_step``), in the official phase order, each phase with 
                  to save one E + G forward per step)                            (every step)
   Dreg   D:      R1 γ/2·|∇D(x)|², ·interval                                     (every r1_interval)
 then the EMA of E and G. With λ_gan = 0 the step is a plain autoencoder step: D is neither run nor trained (the
-fidelity fine-tune of the phantom presets, ``--init-from`` a co-trained run, half the cost of a co-training step). Lazy phases scale Adam's lr and β by interval/(interval+1). x is the augmented real
-batch (E reconstructs what it sees).
+fidelity fine-tune of the phantom presets, ``--init-from`` a co-trained run, half the cost of a co-training step).
+Lazy phases scale Adam's lr and β by interval/(interval+1). x is the augmented real batch (E reconstructs what it
+sees). The encoder fine-tune (``train_generator=False``, λ_gan = 0) trains E alone against a frozen G, and
+``synthetic_fraction`` replaces the tail of x by G(w), w from the init checkpoint's latent prior: images no
+training patient owns, so E learns to invert G instead of memorizing the patients (``synthetic_batch``).
 
 Run folder: config.json (before step 1), log.txt, stats.jsonl (one line per tick), grid-<kimg>.png
 (real | G_ema(E_ema(x)) on fixed images), training-state-<kimg>.safetensors (everything needed to resume
@@ -41,11 +44,12 @@ from .config import AeganConfig, config_dict
 from .losses import (PerceptualLoss, ReconstructionLoss, build_perceptual, d_logistic_loss, g_nonsaturating_loss,
                      path_length_penalty, path_lengths, r1_penalty)
 from .model import AEGAN, build_discriminator
+from .prior import LatentPrior
 from .project import reconstruction_metrics, save_grid
 from .snapshot import find_snapshot, init_weights, load_snapshot, save_snapshot
 from .runtime import ImageSource, RankContext, StopFlag
 
-__all__ = ["Networks", "TrainResult", "augment", "train_aegan", "training_step"]
+__all__ = ["Networks", "TrainResult", "augment", "synthetic_batch", "train_aegan", "training_step"]
 
 
 @dataclass
@@ -102,6 +106,19 @@ def augment(x: torch.Tensor, cfg: AeganConfig, gen: torch.Generator) -> torch.Te
     return x
 
 
+def synthetic_batch(x: torch.Tensor, nets: Networks, cfg: AeganConfig, prior: LatentPrior | None) -> torch.Tensor:
+    """Replace the last ``synthetic_fraction`` of the (augmented) real batch by G_ema(w), w from ``prior`` and
+    random synthesis noise: images of the generator's own range that belong to no training patient."""
+    n = int(round(x.shape[0] * cfg.synthetic_fraction))
+    if prior is None or n == 0:
+        return x
+    z = torch.randn(n, prior.a.shape[1], generator=nets.gen, device=nets.gen.device, dtype=torch.float64)
+    with torch.no_grad():
+        fake = nets.G_ema.synthesize(prior.sample_z(z.cpu()).to(x.device), noise_mode="random",
+                                     noise_generator=nets.gen).clamp(0, 1)
+    return torch.cat([x[:x.shape[0] - n], fake])
+
+
 def _apply(opt: torch.optim.Optimizer, module: torch.nn.Module, ctx: RankContext) -> None:
     """Average gradients over ranks, clean non-finite values (as StyleGAN2-ADA), step."""
     params = [p for p in module.parameters() if p.grad is not None]
@@ -117,8 +134,9 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
     """One iteration on the (augmented) real batch x (N, C, R, R) in [0, 1]; returns the batch-mean losses."""
     G, D, gen = nets.G, nets.D, nets.gen
     stats = {}
-    # Gmain: reconstruction + non-saturating GAN term, E and G together
+    # Gmain: reconstruction + non-saturating GAN term, E and G together (E alone with a frozen generator)
     G.requires_grad_(True)
+    G.synthesis.requires_grad_(cfg.train_generator)
     D.requires_grad_(False)
     y = G.synthesis(G.broadcast(G.encode(x)), noise_mode="random", noise_generator=gen)  # networks' range
     x_hat = G.from_internal(y)
@@ -143,6 +161,7 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
         _apply(nets.opt_G, G, ctx)
         stats["G/pl_penalty"] = penalty.mean().item()
     if not cfg.lambda_gan:  # a plain autoencoder step (fidelity fine-tuning): nothing reads D, so skip its phases
+        G.requires_grad_(True)
         return stats
     # Dmain: logistic loss on the real batch and the (detached) reconstructions
     G.requires_grad_(False)
@@ -176,6 +195,17 @@ def update_ema(nets: Networks, cfg: AeganConfig, nimg: int) -> None:
         p_ema.copy_(p.detach().lerp(p_ema, beta))
     for b_ema, b in zip(nets.G_ema.buffers(), nets.G.buffers()):
         b_ema.copy_(b)
+
+
+def _synthetic_prior(cfg: AeganConfig) -> LatentPrior | None:
+    """The latent prior synthetic samples come from: the one next to the ``init_from`` checkpoint."""
+    if not cfg.synthetic_fraction:
+        return None
+    if not cfg.init_from or not Path(cfg.init_from).is_dir():
+        raise ConfigError("synthetic_fraction > 0 samples w from the latent prior of the --init-from checkpoint "
+                          f"folder; got init_from={cfg.init_from!r}. Start from a checkpoint folder that holds "
+                          "latent-prior.safetensors (`gmia fit-prior` writes it)")
+    return LatentPrior.load(cfg.init_from)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -225,6 +255,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
     if snapshot is not None and not resume:
         raise ConfigError(f"{run_dir} already holds a run ({snapshot.name}); pass --resume to continue it, or "
                           "choose a new --out")
+    prior = _synthetic_prior(cfg)  # before anything is written: a missing prior is a setup error
     if perceptual is None and cfg.lambda_perc:
         perceptual = build_perceptual(cfg.perceptual, cfg.preset, cfg.lpips_weights, ctx.device)
     recon_loss = ReconstructionLoss(cfg.lambda_mse, cfg.lambda_perc, perceptual, cfg.lambda_ssim).to(ctx.device)
@@ -259,7 +290,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
     with StopFlag(say) as stop:
         while state["nimg"] < total_nimg:
             step_start = time.time()
-            x = augment(source.batch(state["step"]), cfg, nets.gen)
+            x = synthetic_batch(augment(source.batch(state["step"]), cfg, nets.gen), nets, cfg, prior)
             losses = training_step(nets, x, state["step"], cfg, recon_loss, ctx)
             update_ema(nets, cfg, state["nimg"])
             state["nimg"] += cfg.batch

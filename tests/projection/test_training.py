@@ -135,3 +135,38 @@ def test_rank_context_gives_a_bare_cuda_device_an_index(monkeypatch):
     ctx = RankContext.from_env("cuda")
     assert ctx.device == torch.device("cuda", 0)
     assert chosen == [torch.device("cuda", 0)]
+
+
+def test_encoder_fine_tune_freezes_g_and_mixes_prior_samples(tiny_data, perceptual, tmp_path):
+    """train_generator False trains E only (G and its EMA stay bit-identical); synthetic_fraction replaces the
+    tail of each batch by G(w), w from the init checkpoint's latent prior; both refuse what they cannot do."""
+    from gmia.projection.prior import LatentPrior
+    from gmia.projection.training import build_networks, synthetic_batch
+
+    src = train_aegan(aegan_config("tiny", kimg=0.008), tiny_data, tmp_path / "src", perceptual=perceptual,
+                      progress=False)
+    x_all = torch.stack([tiny_data[i]["image"] for i in range(len(tiny_data))])
+    LatentPrior.fit(load_aegan(src.checkpoint_dir), x_all).save(src.checkpoint_dir)
+    cfg = aegan_config("tiny", kimg=0.016, init_from=str(src.checkpoint_dir), lambda_gan=0.0,
+                       train_generator=False, synthetic_fraction=0.5)
+    ft = train_aegan(cfg, tiny_data, tmp_path / "ft", perceptual=perceptual, progress=False)
+    a, b = load_aegan(src.checkpoint_dir).state_dict(), load_aegan(ft.checkpoint_dir).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("synthesis."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+
+    nets, _ = build_networks(cfg, torch.device("cpu"))
+    prior = LatentPrior.load(src.checkpoint_dir)
+    x = x_all[:4]
+    mixed = synthetic_batch(x, nets, cfg, prior)
+    assert mixed.shape == x.shape and torch.equal(mixed[:2], x[:2]) and not torch.equal(mixed[2:], x[2:])
+    assert mixed.min() >= 0 and mixed.max() <= 1
+    assert torch.equal(synthetic_batch(x, nets, aegan_config("tiny"), None), x)  # fraction 0: the real batch
+
+    with pytest.raises(ConfigError, match="lambda_gan 0"):
+        aegan_config("tiny", train_generator=False)  # tiny has lambda_gan 1
+    with pytest.raises(ConfigError, match="synthetic_fraction"):
+        aegan_config("tiny", synthetic_fraction=1.0)
+    with pytest.raises(ConfigError, match="latent prior"):
+        train_aegan(aegan_config("tiny", synthetic_fraction=0.5), tiny_data, tmp_path / "bad", perceptual=perceptual,
+                    progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
