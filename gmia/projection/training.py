@@ -44,7 +44,7 @@ from .config import AeganConfig, config_dict
 from .losses import (PerceptualLoss, ReconstructionLoss, build_perceptual, d_logistic_loss, g_nonsaturating_loss,
                      path_length_penalty, path_lengths, r1_penalty)
 from .model import AEGAN, build_discriminator
-from .prior import LatentPrior
+from .prior import PRIOR_FILE, LatentPrior
 from .project import reconstruction_metrics, save_grid
 from .snapshot import find_snapshot, init_weights, load_snapshot, save_snapshot
 from .runtime import ImageSource, RankContext, StopFlag
@@ -197,20 +197,27 @@ def update_ema(nets: Networks, cfg: AeganConfig, nimg: int) -> None:
         b_ema.copy_(b)
 
 
-def _synthetic_prior(cfg: AeganConfig) -> LatentPrior | None:
-    """The latent prior synthetic samples come from: the one next to the ``init_from`` checkpoint."""
+def _synthetic_prior(cfg: AeganConfig, run_dir: Path) -> LatentPrior | None:
+    """The latent prior synthetic samples come from: the run folder's copy when resuming (the init folder may
+    have been refitted since; an exact resume needs the prior the run started with), else the one next to the
+    ``init_from`` checkpoint."""
     if not cfg.synthetic_fraction:
         return None
-    if not cfg.init_from or not Path(cfg.init_from).is_dir():
+    if (run_dir / PRIOR_FILE).is_file():
+        return LatentPrior.load(run_dir)
+    if not cfg.init_from or not (Path(cfg.init_from) / PRIOR_FILE).is_file():
         raise ConfigError("synthetic_fraction > 0 samples w from the latent prior of the --init-from checkpoint "
-                          f"folder; got init_from={cfg.init_from!r}. Start from a checkpoint folder that holds "
-                          "latent-prior.safetensors (`gmia fit-prior` writes it)")
+                          f"folder; got init_from={cfg.init_from!r}, which holds no {PRIOR_FILE}. Start from a "
+                          "checkpoint folder fitted with `gmia fit-prior --checkpoint FOLDER`")
     return LatentPrior.load(cfg.init_from)
 
 
 def _fmt_time(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+INIT_RECORD = "init-from.json"  # run folder: the card of the weights a fine-tune started from, read at its start
 
 
 def _source_card(source: Path) -> dict:
@@ -232,7 +239,9 @@ def _export(nets: Networks, d_kwargs: dict, cfg: AeganConfig, run_dir: Path, sta
             "data": data_info, "metrics": {"train_grid": metrics}, "config": config_dict(cfg),
             "image_range": [0.0, 1.0]}
     if cfg.init_from:  # a fine-tune: its card also says where the weights came from and how they were made
-        meta["init_from"] = {"path": cfg.init_from, **_source_card(Path(cfg.init_from))}
+        record = run_dir / INIT_RECORD
+        source = json.loads(record.read_text()) if record.is_file() else _source_card(Path(cfg.init_from))
+        meta["init_from"] = {"path": cfg.init_from, **source}
     dtype = torch.float16 if cfg.export_dtype == "float16" else None
     save_module(nets.G_ema, nets.G_ema.init_kwargs, out, "aegan", meta=meta, dtype=dtype)
     if cfg.export_discriminator:
@@ -255,7 +264,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
     if snapshot is not None and not resume:
         raise ConfigError(f"{run_dir} already holds a run ({snapshot.name}); pass --resume to continue it, or "
                           "choose a new --out")
-    prior = _synthetic_prior(cfg)  # before anything is written: a missing prior is a setup error
+    prior = _synthetic_prior(cfg, run_dir)  # before anything is written: a missing prior is a setup error
     if perceptual is None and cfg.lambda_perc:
         perceptual = build_perceptual(cfg.perceptual, cfg.preset, cfg.lpips_weights, ctx.device)
     recon_loss = ReconstructionLoss(cfg.lambda_mse, cfg.lambda_perc, perceptual, cfg.lambda_ssim).to(ctx.device)
@@ -277,8 +286,12 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
         if ctx.is_main:
             checkpoints = {} if perceptual is None else {f"perceptual:{perceptual.name}": perceptual.sha256 or "n/a"}
             write_config(run_dir, config_dict(cfg), checkpoints=checkpoints, data=data_info, stage="aegan")
+            if cfg.init_from:  # the source's record as it is now: its folder may be overwritten before the export
+                (run_dir / INIT_RECORD).write_text(json.dumps(_source_card(Path(cfg.init_from)), indent=2))
             say(f"training stage 1 (AE-GAN) on {len(source)} images, {cfg.kimg:g} kimg, batch {cfg.batch}, "
                 f"latent {cfg.latent}, perceptual {perceptual.name if perceptual else 'none'}, {start} -> {run_dir}")
+    if prior is not None and ctx.is_main and not (run_dir / PRIOR_FILE).is_file():
+        prior.save(run_dir)  # the run keeps its own copy (resume)
     stats_writer = StatsWriter(run_dir) if ctx.is_main else None
     total_nimg = int(round(cfg.kimg * 1000))
     tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)

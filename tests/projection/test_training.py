@@ -153,6 +153,17 @@ def test_encoder_fine_tune_freezes_g_and_mixes_prior_samples(tiny_data, perceptu
     a, b = load_aegan(src.checkpoint_dir).state_dict(), load_aegan(ft.checkpoint_dir).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("synthesis."))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    # the card's source record is read when the run starts: overwriting the init folder later changes nothing
+    card_text = (src.checkpoint_dir / "aegan.json").read_text()
+    assert '"kimg": 0.008' in card_text
+    (src.checkpoint_dir / "aegan.json").write_text(card_text.replace('"kimg": 0.008', '"kimg": 99.0'))
+    resumed = train_aegan(aegan_config("tiny", kimg=0.024, init_from=str(src.checkpoint_dir), lambda_gan=0.0,
+                                       train_generator=False, synthetic_fraction=0.5),
+                          tiny_data, tmp_path / "ft", resume=True, perceptual=perceptual, progress=False)
+    source = json.loads((resumed.checkpoint_dir / "aegan.json").read_text())["meta"]["init_from"]
+    assert source["kimg"] == pytest.approx(0.008)
+    kept = LatentPrior.load(tmp_path / "ft")  # the run's own copy: a resume samples from the same prior
+    assert torch.equal(kept.mu, LatentPrior.load(src.checkpoint_dir).mu)
 
     nets, _ = build_networks(cfg, torch.device("cpu"))
     prior = LatentPrior.load(src.checkpoint_dir)
