@@ -161,7 +161,6 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
         _apply(nets.opt_G, G, ctx)
         stats["G/pl_penalty"] = penalty.mean().item()
     if not cfg.lambda_gan:  # a plain autoencoder step (fidelity fine-tuning): nothing reads D, so skip its phases
-        G.requires_grad_(True)
         return stats
     # Dmain: logistic loss on the real batch and the (detached) reconstructions
     G.requires_grad_(False)
@@ -197,13 +196,13 @@ def update_ema(nets: Networks, cfg: AeganConfig, nimg: int) -> None:
         b_ema.copy_(b)
 
 
-def _synthetic_prior(cfg: AeganConfig, run_dir: Path) -> LatentPrior | None:
+def _synthetic_prior(cfg: AeganConfig, run_dir: Path, resuming: bool) -> LatentPrior | None:
     """The latent prior synthetic samples come from: the run folder's copy when resuming (the init folder may
     have been refitted since; an exact resume needs the prior the run started with), else the one next to the
     ``init_from`` checkpoint."""
     if not cfg.synthetic_fraction:
         return None
-    if (run_dir / PRIOR_FILE).is_file():
+    if resuming and (run_dir / PRIOR_FILE).is_file():
         return LatentPrior.load(run_dir)
     if not cfg.init_from or not (Path(cfg.init_from) / PRIOR_FILE).is_file():
         raise ConfigError("synthetic_fraction > 0 samples w from the latent prior of the --init-from checkpoint "
@@ -264,7 +263,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
     if snapshot is not None and not resume:
         raise ConfigError(f"{run_dir} already holds a run ({snapshot.name}); pass --resume to continue it, or "
                           "choose a new --out")
-    prior = _synthetic_prior(cfg, run_dir)  # before anything is written: a missing prior is a setup error
+    prior = _synthetic_prior(cfg, run_dir, snapshot is not None)  # before anything is written: a setup error
     if perceptual is None and cfg.lambda_perc:
         perceptual = build_perceptual(cfg.perceptual, cfg.preset, cfg.lpips_weights, ctx.device)
     recon_loss = ReconstructionLoss(cfg.lambda_mse, cfg.lambda_perc, perceptual, cfg.lambda_ssim).to(ctx.device)
@@ -286,12 +285,14 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
         if ctx.is_main:
             checkpoints = {} if perceptual is None else {f"perceptual:{perceptual.name}": perceptual.sha256 or "n/a"}
             write_config(run_dir, config_dict(cfg), checkpoints=checkpoints, data=data_info, stage="aegan")
-            if cfg.init_from:  # the source's record as it is now: its folder may be overwritten before the export
+            # what the run takes from its source, copied now: that folder may be refitted or overwritten before
+            # the export or a resume
+            if cfg.init_from:
                 (run_dir / INIT_RECORD).write_text(json.dumps(_source_card(Path(cfg.init_from)), indent=2))
+            if prior is not None:
+                prior.save(run_dir)
             say(f"training stage 1 (AE-GAN) on {len(source)} images, {cfg.kimg:g} kimg, batch {cfg.batch}, "
                 f"latent {cfg.latent}, perceptual {perceptual.name if perceptual else 'none'}, {start} -> {run_dir}")
-    if prior is not None and ctx.is_main and not (run_dir / PRIOR_FILE).is_file():
-        prior.save(run_dir)  # the run keeps its own copy (resume)
     stats_writer = StatsWriter(run_dir) if ctx.is_main else None
     total_nimg = int(round(cfg.kimg * 1000))
     tick_nimg = max(int(round(cfg.tick_kimg * 1000)), 1)
