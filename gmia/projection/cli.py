@@ -39,6 +39,9 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--freeze-generator", is_flag=True, help="Train E only (G frozen; needs --lambda-gan 0).")
 @click.option("--synthetic-fraction", type=float, default=None,
               help="Share of each batch drawn as G(w), w from the --init-from folder's latent prior.")
+@click.option("--e-channel-base", type=int, default=None, help="Encoder capacity (default: the generator's).")
+@click.option("--e-channel-max", type=int, default=None, help="Encoder channel cap (default: the generator's).")
+@click.option("--fresh-encoder", is_flag=True, help="Take only G (and D) from --init-from; E starts fresh.")
 @click.option("--split", default=None, help="Phantom split to train on (default train).")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
@@ -47,7 +50,7 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lambda_mse, lambda_ssim, lambda_gan, lr,
-          freeze_generator, synthetic_fraction,
+          freeze_generator, synthetic_fraction, e_channel_base, e_channel_max, fresh_encoder,
           init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
     from .project import open_images
@@ -56,7 +59,9 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
     cfg = aegan_config(preset, kimg=kimg, batch=batch, latent=latent, perceptual=perceptual,
                        lpips_weights=lpips_weights, lambda_mse=lambda_mse, lambda_ssim=lambda_ssim,
                        lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed,
-                       train_generator=False if freeze_generator else None, synthetic_fraction=synthetic_fraction)
+                       train_generator=False if freeze_generator else None, synthetic_fraction=synthetic_fraction,
+                       e_channel_base=e_channel_base, e_channel_max=e_channel_max,
+                       fresh_encoder=True if fresh_encoder else None)
     data = data or f"data/{preset}"
     if dry_run:
         click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))

@@ -74,6 +74,8 @@ class AeganConfig:
     channel_max: int = 512
     d_channel_base: int | None = None   # D capacity (None: same as E and G)
     d_channel_max: int | None = None
+    e_channel_base: int | None = None   # E capacity (None: same as G); a wider E needs --fresh-encoder when
+    e_channel_max: int | None = None    # starting from weights of another width
     use_noise: bool = True              # per-pixel noise in G (random while training, const at inference)
     conv_clamp: float | None = None     # clamp conv outputs (GMIA: 256)
     image_range: str = "signed"         # networks' pixel range: "signed" [-1, 1] or "unit" [0, 1] (GMIA)
@@ -120,6 +122,7 @@ class AeganConfig:
     cache_mb: int = 2048                # keep the training images in memory when they fit in this many MB
     init_from: str | None = None        # start E, G (and D) from these weights: a training-state snapshot or a
     #                                     checkpoint folder (fine-tuning; a W checkpoint may start a W+ run)
+    fresh_encoder: bool = False         # take only G (and D) from init_from; E starts from fresh weights
 
     def __post_init__(self):
         checks = [
@@ -133,6 +136,7 @@ class AeganConfig:
             (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
             (self.pl_weight == 0 or self.batch // self.pl_batch_shrink >= 1, "pl_batch_shrink leaves no images"),
             (0.0 <= self.synthetic_fraction < 1.0, f"synthetic_fraction must be in [0, 1), got {self.synthetic_fraction}"),
+            (not self.fresh_encoder or self.init_from, "fresh_encoder needs init_from (the weights G starts from)"),
             (self.train_generator or not self.lambda_gan,
              "a frozen generator (train_generator False) needs lambda_gan 0: the GAN term would only train E to fool D"),
         ]
@@ -145,7 +149,8 @@ class AeganConfig:
         """Constructor kwargs of the AEGAN (E + G)."""
         return dict(img_resolution=self.resolution, img_channels=self.img_channels, w_dim=self.w_dim,
                     latent=self.latent, channel_base=self.channel_base, channel_max=self.channel_max,
-                    use_noise=self.use_noise, conv_clamp=self.conv_clamp, image_range=self.image_range)
+                    use_noise=self.use_noise, conv_clamp=self.conv_clamp, image_range=self.image_range,
+                    encoder_channel_base=self.e_channel_base, encoder_channel_max=self.e_channel_max)
 
     @property
     def d_capacity(self) -> dict:
@@ -156,7 +161,8 @@ class AeganConfig:
 
 # Fields that fix the networks or the meaning of a training step: a snapshot resumes only when they match.
 ARCHITECTURE_FIELDS = ("resolution", "img_channels", "latent", "w_dim", "channel_base", "channel_max",
-                       "d_channel_base", "d_channel_max", "use_noise", "conv_clamp", "image_range", "mbstd_group",
+                       "d_channel_base", "d_channel_max", "e_channel_base", "e_channel_max", "use_noise", "conv_clamp",
+                       "image_range", "mbstd_group",
                        "batch", "seed", "r1_interval", "pl_interval", "pl_weight", "split", "train_generator",
                        "synthetic_fraction")
 

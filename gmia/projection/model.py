@@ -75,6 +75,8 @@ class AEGAN(nn.Module):
         use_noise: bool = True,        # per-pixel noise inputs in G
         conv_clamp: float | None = None,  # clamp conv outputs (GMIA: 256, for its fp16 blocks)
         image_range: str = "signed",   # pixel range the networks work in: "signed" [-1, 1] or "unit" [0, 1]
+        encoder_channel_base: int | None = None,  # E's own capacity (None: channel_base, as published): an
+        encoder_channel_max: int | None = None,   # inverting encoder may need more room than the generator
     ):
         super().__init__()
         if latent not in LATENT_SPACES:
@@ -83,14 +85,17 @@ class AEGAN(nn.Module):
             raise ValueError(f"image_range must be one of {IMAGE_RANGES}; got {image_range!r}")
         self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, w_dim=w_dim,
                                 latent=latent, channel_base=channel_base, channel_max=channel_max,
-                                use_noise=use_noise, conv_clamp=conv_clamp, image_range=image_range)
+                                use_noise=use_noise, conv_clamp=conv_clamp, image_range=image_range,
+                                encoder_channel_base=encoder_channel_base, encoder_channel_max=encoder_channel_max)
         self.img_resolution, self.img_channels, self.w_dim = img_resolution, img_channels, w_dim
         self.latent, self.image_range = latent, image_range
         capacity = dict(channel_base=channel_base, channel_max=channel_max, conv_clamp=conv_clamp)
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, use_noise=use_noise, **capacity)
         self.num_ws = self.synthesis.num_ws
         encoder_cls = Encoder if latent == "w" else WPlusEncoder
-        self.encoder = encoder_cls(0, self.num_ws, img_resolution, img_channels, w_dim=w_dim, **capacity)
+        e_capacity = dict(capacity, channel_base=encoder_channel_base or channel_base,
+                          channel_max=encoder_channel_max or channel_max)
+        self.encoder = encoder_cls(0, self.num_ws, img_resolution, img_channels, w_dim=w_dim, **e_capacity)
 
     # ---- range conversion (the only place it happens) -----------------------------------------------------
     def to_internal(self, x: torch.Tensor) -> torch.Tensor:

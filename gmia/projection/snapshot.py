@@ -128,24 +128,30 @@ def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
     return dict(meta["state"])
 
 
-def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> list[str]:
-    """Load ``sd`` into ``module`` (cast to its dtype); returns the module's keys that ``sd`` lacks. Only a W+
-    encoder's ``ws_head`` may be missing (it starts at zero: the W+ model starts as the W model)."""
+def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, fresh_encoder: bool = False) -> list[str]:
+    """Load ``sd`` into ``module`` (cast to its dtype); returns the module's keys left at their fresh values. Only a
+    W+ encoder's ``ws_head`` may be missing (it starts at zero: the W+ model starts as the W model); with
+    ``fresh_encoder`` the source's encoder is not read at all (E of another width, trained from scratch)."""
+    if fresh_encoder:
+        sd = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
     own = module.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     extra = [k for k in sd if k not in own]
-    missing = [k for k in own if k not in sd]
+    missing = [k for k in own if k not in sd and not (fresh_encoder and k.startswith("encoder."))]
     if wrong or extra or any(".ws_head." not in k for k in missing):
+        hint = ("; an encoder of another width starts fresh with --fresh-encoder"
+                if any(k.startswith("encoder.") for k in wrong) and not fresh_encoder else "")
         raise CheckpointError(f"{what} does not fit the configured network (wrong shape: {wrong[:3]}, unexpected: "
-                              f"{extra[:3]}, missing: {missing[:3]}); start from weights of the same preset")
+                              f"{extra[:3]}, missing: {missing[:3]}); start from weights of the same preset{hint}")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
     return missing
 
 
-def init_weights(source: str | Path, nets) -> str:
+def init_weights(source: str | Path, nets, fresh_encoder: bool = False) -> str:
     """Start ``nets`` from other weights (fine-tuning): ``source`` is a training-state snapshot (G, G_ema and D)
     or an exported checkpoint folder (``aegan`` for G and G_ema, ``discriminator`` when exported, else D stays
-    fresh). Optimizers, counters and RNG start fresh. Returns a one-line description for the log."""
+    fresh); ``fresh_encoder`` keeps E at its fresh weights. Optimizers, counters and RNG start fresh. Returns a
+    one-line description for the log."""
     source = Path(source)
     if source.is_file():
         _, tensors = _read_snapshot(source)
@@ -160,5 +166,7 @@ def init_weights(source: str | Path, nets) -> str:
                               "aegan.safetensors")
     for prefix, module in (("G", nets.G), ("G_ema", nets.G_ema), ("D", nets.D)):
         if parts[prefix]:
-            _fit_weights(module, parts[prefix], f"{source} ({prefix})")
-    return f"E and G{' and D' if parts['D'] else ''} from {source}" + ("" if parts["D"] else " (D fresh)")
+            _fit_weights(module, parts[prefix], f"{source} ({prefix})", fresh_encoder and prefix != "D")
+    nets_from = "G" if fresh_encoder else "E and G"
+    return (f"{nets_from}{' and D' if parts['D'] else ''} from {source}" + ("" if parts["D"] else " (D fresh)")
+            + (" (E fresh)" if fresh_encoder else ""))

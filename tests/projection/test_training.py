@@ -137,6 +137,30 @@ def test_rank_context_gives_a_bare_cuda_device_an_index(monkeypatch):
     assert chosen == [torch.device("cuda", 0)]
 
 
+def test_a_wider_encoder_starts_fresh_beside_the_source_generator(tiny_data, perceptual, tmp_path):
+    """e_channel_* give E its own capacity; with fresh_encoder only G comes from the source, and the export
+    rebuilds the wider E from its card. Without fresh_encoder the mismatch is refused with the flag to use."""
+    from gmia.errors import CheckpointError
+    from gmia.projection.snapshot import init_weights
+    from gmia.projection.training import build_networks
+
+    src = train_aegan(aegan_config("tiny", kimg=0.0), tiny_data, tmp_path / "src", perceptual=perceptual,
+                      progress=False)
+    wide = aegan_config("tiny", kimg=0.0, e_channel_base=512, e_channel_max=32, init_from=str(src.checkpoint_dir), fresh_encoder=True)
+    nets, _ = build_networks(wide, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="--fresh-encoder"):
+        init_weights(src.checkpoint_dir, nets)
+    ft = train_aegan(wide, tiny_data, tmp_path / "ft", perceptual=perceptual, progress=False)
+    a, b = load_aegan(src.checkpoint_dir), load_aegan(ft.checkpoint_dir)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("synthesis."))
+    first = "encoder.b16.fromrgb.weight"
+    assert sb[first].shape[0] == 2 * sa[first].shape[0]  # tiny E: 16 channels at 16 px, the wide one 32
+    assert b.encode(torch.rand(2, 1, 16, 16)).shape == (2, b.w_dim)
+    with pytest.raises(ConfigError, match="fresh_encoder needs init_from"):
+        aegan_config("tiny", fresh_encoder=True)
+
+
 def test_encoder_fine_tune_freezes_g_and_mixes_prior_samples(tiny_data, perceptual, tmp_path):
     """train_generator False trains E only (G and its EMA stay bit-identical); synthetic_fraction replaces the
     tail of each batch by G(w), w from the init checkpoint's latent prior; both refuse what they cannot do."""
