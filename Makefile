@@ -96,11 +96,12 @@ THREADS ?= 2
 # batch 64 on an H100 with experiments/gpu_finetune_stage1.sh; the chain is in each aegan card under init_from).
 # Here it is one leg: about 16 min per preset on an H100 (two presets side by side), roughly 9 h per preset on
 # a 2-core CPU (about 37 s/kimg); lower AEGAN_FT_KIMG there for a shorter run.
-# Phase 3: the encoder alone (G frozen) for AEGAN_EFT_KIMG, half of each batch drawn as G(w) from the latent
+# Phase 3: the encoder alone (G frozen) for AEGAN_EFT_KIMG_CXR or _FACE, half of each batch drawn as G(w) from the latent
 # prior, so E learns to invert G rather than memorize the 700 training patients (test SSIM up, train/test gap
-# down; the shipped weights: 60 kimg chest, 120 kimg face, on the CPU at ~33 s/kimg).
+# down; the shipped weights: 60 kimg chest, 220 kimg face, on the CPU at ~33 s/kimg).
 AEGAN_FT_KIMG ?= 880
-AEGAN_EFT_KIMG ?= 60
+AEGAN_EFT_KIMG_CXR ?= 60
+AEGAN_EFT_KIMG_FACE ?= 220
 AEGAN_FT_BATCH ?= 64
 DEVICE ?=
 STAGE1_REFINE ?= --refine-steps 400 --refine-space w+ --lambda-ssim 1 --refine-lr 0.05 --limit 200
@@ -115,9 +116,10 @@ train-phantom: phantom-data
 	    --init-from runs/aegan-$$p/checkpoint --lambda-gan 0 --lambda-ssim 1 --kimg $(AEGAN_FT_KIMG) \
 	    --batch $(AEGAN_FT_BATCH) $(if $(DEVICE),--device $(DEVICE)) || exit 1; \
 	  $(GMIA) fit-prior --preset $$p --data data/$$p --checkpoint runs/aegan-$$p-ft/checkpoint || exit 1; \
+	  case $$p in *cxr*) eft=$(AEGAN_EFT_KIMG_CXR);; *) eft=$(AEGAN_EFT_KIMG_FACE);; esac; \
 	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p-eft --resume --quiet \
 	    --init-from runs/aegan-$$p-ft/checkpoint --lambda-gan 0 --lambda-ssim 1 --freeze-generator \
-	    --synthetic-fraction 0.5 --kimg $(AEGAN_EFT_KIMG) $(if $(DEVICE),--device $(DEVICE)) || exit 1; \
+	    --synthetic-fraction 0.5 --kimg $$eft $(if $(DEVICE),--device $(DEVICE)) || exit 1; \
 	  cp runs/aegan-$$p-eft/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
 	  $(GMIA) fit-prior --preset $$p --data data/$$p || exit 1; \
 	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) $(STAGE1_REFINE) --update-card || exit 1; \
