@@ -13,15 +13,13 @@ from pathlib import Path
 
 import torch
 
-from gmia.projection.project import load_aegan, open_images, project_images
+from gmia.projection.project import encoder_fidelity, load_aegan, open_images
 
 
 def encoder_ssim(model, data: str, split: str, limit: int) -> float:
     """Mean SSIM of G(E(x)) against x over the first ``limit`` images of ``split`` (whole patients first)."""
     ds = open_images(data, split, model.img_resolution, model.img_channels)
-    ds = ds.select(range(min(limit, len(ds))))
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    return float(project_images(model, x, 0, 0.0)["metrics_encoder"]["ssim"].mean())
+    return encoder_fidelity(model, ds.select(range(min(limit, len(ds)))))["ssim"]
 
 
 def main() -> None:

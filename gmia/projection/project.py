@@ -34,8 +34,8 @@ from .config import ProjectionConfig
 from .losses import PerceptualLoss, ReconstructionLoss, build_perceptual, ssim_per_image
 from .model import AEGAN
 
-__all__ = ["LatentRefiner", "load_aegan", "open_images", "project_codes", "project_dataset", "project_images",
-           "reconstruction_metrics", "run_projection", "save_grid"]
+__all__ = ["LatentRefiner", "encoder_fidelity", "load_aegan", "open_images", "project_codes", "project_dataset",
+           "project_images", "reconstruction_metrics", "run_projection", "save_grid"]
 
 LATENTS_FORMAT = "gmia-latents/1"
 PSNR_CAP = 100.0  # dB, for identical images (keeps metrics.json finite)
@@ -186,6 +186,18 @@ def project_images(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_
     else:
         out.update(w=w0, x_hat=x0, metrics=out["metrics_encoder"], loss=loss0)
     return out
+
+
+def encoder_fidelity(model: AEGAN, dataset: ImageDataset, batch_size: int = 100) -> dict[str, float]:
+    """Mean SSIM and PSNR of G(E(x)) over every image of ``dataset`` (encoder only, in batches)."""
+    parts = {"ssim": [], "psnr": []}
+    for i in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch_size, len(dataset)))])
+        with torch.no_grad():
+            metrics = reconstruction_metrics(model.reconstruct(x), x)
+        for k in parts:
+            parts[k].append(metrics[k])
+    return {k: float(torch.cat(v).mean()) for k, v in parts.items()}
 
 
 # ---- files -----------------------------------------------------------------------------------------------------

@@ -137,8 +137,9 @@ def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str
     own = module.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     extra = [k for k in sd if k not in own]
-    missing = [k for k in own if k not in sd and not (fresh_encoder and k.startswith("encoder."))]
-    if wrong or extra or any(".ws_head." not in k for k in missing):
+    missing = [k for k in own if k not in sd]
+    allowed = ("encoder.",) if fresh_encoder else ("encoder.ws_head.",)  # what may stay at its fresh value
+    if wrong or extra or any(not k.startswith(allowed) for k in missing):
         hint = ("; an encoder of another width starts fresh with --fresh-encoder"
                 if any(k.startswith("encoder.") for k in wrong) and not fresh_encoder else "")
         raise CheckpointError(f"{what} does not fit the configured network (wrong shape: {wrong[:3]}, unexpected: "
@@ -166,7 +167,7 @@ def init_weights(source: str | Path, nets, fresh_encoder: bool = False) -> str:
                               "aegan.safetensors")
     for prefix, module in (("G", nets.G), ("G_ema", nets.G_ema), ("D", nets.D)):
         if parts[prefix]:
-            _fit_weights(module, parts[prefix], f"{source} ({prefix})", fresh_encoder and prefix != "D")
+            _fit_weights(module, parts[prefix], f"{source} ({prefix})", fresh_encoder)
     nets_from = "G" if fresh_encoder else "E and G"
     return (f"{nets_from}{' and D' if parts['D'] else ''} from {source}" + ("" if parts["D"] else " (D fresh)")
             + (" (E fresh)" if fresh_encoder else ""))

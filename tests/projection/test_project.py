@@ -44,6 +44,17 @@ def test_w_plus_refinement_of_a_w_model_with_the_ssim_term(model, tiny_data, tmp
         assert f.metadata()["latent"] == "w+" and f.get_tensor("w").shape == (len(tiny_data), model.num_ws, 32)
 
 
+def test_encoder_fidelity_is_the_mean_over_every_image_in_any_batching(model, tiny_data):
+    from gmia.projection.project import encoder_fidelity
+
+    x = torch.stack([tiny_data[i]["image"] for i in range(len(tiny_data))])
+    per_image = project_images(model, x)["metrics_encoder"]
+    for batch_size in (2, len(tiny_data)):
+        got = encoder_fidelity(model, tiny_data, batch_size)
+        assert got["ssim"] == pytest.approx(float(per_image["ssim"].mean()), abs=1e-5)
+        assert got["psnr"] == pytest.approx(float(per_image["psnr"].mean()), abs=1e-4)
+
+
 def test_project_dataset_writes_latents_reconstructions_metrics(model, tiny_data, tmp_path):
     mean = project_dataset(model, tiny_data, tmp_path, refine_steps=3, batch_size=5, progress=False)
     with safe_open(str(tmp_path / "latents.safetensors"), framework="pt") as f:
