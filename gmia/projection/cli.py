@@ -42,7 +42,8 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--e-channel-base", type=int, default=None, help="Encoder capacity (default: the generator's).")
 @click.option("--e-channel-max", type=int, default=None, help="Encoder channel cap (default: the generator's).")
 @click.option("--fresh-encoder", is_flag=True, help="Take only G (and D) from --init-from; E starts fresh.")
-@click.option("--split", default=None, help="Phantom split to train on (default train).")
+@click.option("--split", default=None,
+              help="Phantom split to train on (default train; 'all': every image). Plain image folders: all images.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--threads", type=int, default=None, help="CPU threads (1 is fastest on a busy, shared CPU).")
@@ -56,13 +57,16 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
     from .project import open_images
     from .training import train_aegan
 
+    data = data or f"data/{preset}"
     cfg = aegan_config(preset, kimg=kimg, batch=batch, latent=latent, perceptual=perceptual,
                        lpips_weights=lpips_weights, lambda_mse=lambda_mse, lambda_ssim=lambda_ssim,
                        lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed,
                        train_generator=False if freeze_generator else None, synthetic_fraction=synthetic_fraction,
                        e_channel_base=e_channel_base, e_channel_max=e_channel_max,
                        fresh_encoder=True if fresh_encoder else None)
-    data = data or f"data/{preset}"
+    # "all", and an unset --split on a plain image folder (a user's own dataset has no splits), train on every image
+    if split == "all" or (split is None and not (Path(data) / "phantom.json").is_file()):
+        cfg = dataclasses.replace(cfg, split=None)
     if dry_run:
         click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))
         return

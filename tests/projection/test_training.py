@@ -205,3 +205,21 @@ def test_encoder_fine_tune_freezes_g_and_mixes_prior_samples(tiny_data, perceptu
         train_aegan(aegan_config("tiny", synthetic_fraction=0.5), tiny_data, tmp_path / "bad", perceptual=perceptual,
                     progress=False)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("phantom, flag, expected", [(True, None, "train"), (True, "all", None), (True, "val", "val"),
+                                                     (False, None, None)])
+def test_train_cli_split_defaults_to_train_on_phantoms_and_to_every_image_of_a_plain_folder(tmp_path, phantom, flag,
+                                                                                           expected):
+    from click.testing import CliRunner
+
+    from gmia.projection.cli import aegan
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if phantom:
+        (data / "phantom.json").write_text("{}")
+    args = ["--preset", "tiny", "--data", str(data), "--out", str(tmp_path / "run"), "--dry-run"]
+    result = CliRunner().invoke(aegan, args + (["--split", flag] if flag else []))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["split"] == expected
