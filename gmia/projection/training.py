@@ -211,6 +211,13 @@ def _synthetic_prior(cfg: AeganConfig, run_dir: Path, resuming: bool) -> LatentP
     return LatentPrior.load(cfg.init_from)
 
 
+@torch.no_grad()
+def _grid_fidelity(nets: Networks, grid_x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """G_ema(E_ema(x)) of the fixed grid images and its mean PSNR / SSIM."""
+    recon = nets.G_ema.reconstruct(grid_x)
+    return recon, {k: round(float(v.mean()), 5) for k, v in reconstruction_metrics(recon, grid_x).items()}
+
+
 def _fmt_time(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -328,9 +335,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
                 last_stats = {k: ctx.mean_float(v / count) for k, v in sums.items()}
                 sums, count = {}, 0
                 if ctx.is_main:  # fidelity of G_ema(E_ema(x)) on the fixed grid images, every tick (cheap)
-                    with torch.no_grad():
-                        recon = nets.G_ema.reconstruct(grid_x)
-                    metrics = {k: round(float(v.mean()), 5) for k, v in reconstruction_metrics(recon, grid_x).items()}
+                    recon, metrics = _grid_fidelity(nets, grid_x)
                     if state["tick"] % cfg.grid_ticks == 0 or done:
                         save_grid(grid_x, recon, run_dir / f"grid-{state['nimg'] / 1000:010.3f}.png")
                 if ctx.is_main:
@@ -348,6 +353,8 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
             if interrupted:
                 break
     bar.close()
+    if ctx.is_main and not metrics:  # no tick this time (resumed a finished run, or kimg 0): the summary still says
+        metrics = _grid_fidelity(nets, grid_x)[1]
     interrupted = state["nimg"] < total_nimg
     checkpoint_dir = None
     if not interrupted and ctx.is_main:

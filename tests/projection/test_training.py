@@ -63,6 +63,11 @@ def test_resume_is_exact(tiny_cfg, tiny_data, perceptual, tmp_path):
     train_aegan(tiny_cfg, tiny_data, stopped, resume=True, perceptual=perceptual, progress=False)
     _assert_same(_weights(full), _weights(stopped))
 
+    again = train_aegan(tiny_cfg, tiny_data, full, resume=True, perceptual=perceptual, progress=False)
+    assert again.kimg == pytest.approx(tiny_cfg.kimg)  # nothing left to train, and it still
+    assert 0 < again.stats["grid/ssim"] <= 1  # reports the grid fidelity in its summary (was nan)
+    assert "nan" not in (full / "log.txt").read_text().splitlines()[-1]
+
 
 def test_resume_refuses_another_setup(tiny_cfg, tiny_data, perceptual, tmp_path):
     train_aegan(aegan_config("tiny", kimg=0.004), tiny_data, tmp_path, perceptual=perceptual, progress=False)
