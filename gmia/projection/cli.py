@@ -42,6 +42,8 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--e-channel-base", type=int, default=None, help="Encoder capacity (default: the generator's).")
 @click.option("--e-channel-max", type=int, default=None, help="Encoder channel cap (default: the generator's).")
 @click.option("--fresh-encoder", is_flag=True, help="Take only G (and D) from --init-from; E starts fresh.")
+@click.option("--grow-encoder", is_flag=True,
+              help="Grow --init-from's E into the wider one of --e-channel-base/--e-channel-max (same function at first).")
 @click.option("--split", default=None,
               help="Phantom split to train on (default train; 'all': every image). Plain image folders: all images.")
 @click.option("--seed", type=int, default=None)
@@ -52,7 +54,7 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lambda_mse, lambda_ssim, lambda_gan, lr,
           freeze_generator, synthetic_fraction, e_channel_base, e_channel_max, fresh_encoder,
-          init_from, split, seed, device, threads, resume, dry_run, quiet):
+          grow_encoder, init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
     from .project import open_images
     from .training import train_aegan
@@ -63,7 +65,7 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
                        lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed,
                        train_generator=False if freeze_generator else None, synthetic_fraction=synthetic_fraction,
                        e_channel_base=e_channel_base, e_channel_max=e_channel_max,
-                       fresh_encoder=True if fresh_encoder else None)
+                       fresh_encoder=True if fresh_encoder else None, grow_encoder=True if grow_encoder else None)
     # "all", and an unset --split on a plain image folder (a user's own dataset has no splits), train on every image
     if split == "all" or (split is None and not (Path(data) / "phantom.json").is_file()):
         cfg = dataclasses.replace(cfg, split=None)

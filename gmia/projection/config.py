@@ -123,6 +123,8 @@ class AeganConfig:
     init_from: str | None = None        # start E, G (and D) from these weights: a training-state snapshot or a
     #                                     checkpoint folder (fine-tuning; a W checkpoint may start a W+ run)
     fresh_encoder: bool = False         # take only G (and D) from init_from; E starts from fresh weights
+    grow_encoder: bool = False          # a wider E (e_channel_*) starts from init_from's narrower E, computing
+    #                                     the same function at first (new channels start unread)
 
     def __post_init__(self):
         checks = [
@@ -137,6 +139,8 @@ class AeganConfig:
             (self.pl_weight == 0 or self.batch // self.pl_batch_shrink >= 1, "pl_batch_shrink leaves no images"),
             (0.0 <= self.synthetic_fraction < 1.0, f"synthetic_fraction must be in [0, 1), got {self.synthetic_fraction}"),
             (not self.fresh_encoder or self.init_from, "fresh_encoder needs init_from (the weights G starts from)"),
+            (not self.grow_encoder or self.init_from, "grow_encoder needs init_from (the narrower E to grow)"),
+            (not (self.fresh_encoder and self.grow_encoder), "fresh_encoder and grow_encoder exclude each other"),
             (self.train_generator or not self.lambda_gan,
              "a frozen generator (train_generator False) needs lambda_gan 0: the GAN term would only train E to fool D"),
         ]

@@ -128,31 +128,56 @@ def load_snapshot(path: Path, nets, cfg: AeganConfig, fingerprint: str) -> dict:
     return dict(meta["state"])
 
 
-def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, fresh_encoder: bool = False) -> list[str]:
+def _grow(old: torch.Tensor, fresh: torch.Tensor, key: str, what: str) -> torch.Tensor:
+    """A narrower encoder's tensor ``old`` placed in the wider one's ``fresh`` so that the wider E computes what the
+    narrower one did: new output channels keep their fresh (random) weights, new input channels get zero weights
+    (nothing reads the new channels until training grows those weights), new biases start at 0. Channel-major
+    flattening keeps the old channels a prefix of the 4x4 head's fc input, so one rule covers conv and fc."""
+    if old.ndim != fresh.ndim or old.shape[2:] != fresh.shape[2:] or any(o > f for o, f in zip(old.shape, fresh.shape)):
+        raise CheckpointError(f"{what}: cannot grow {key} {tuple(old.shape)} into {tuple(fresh.shape)}; "
+                              "--grow-encoder needs an encoder at least as wide as the source's in every layer")
+    out = fresh.clone()
+    old = old.to(fresh.dtype)
+    if old.ndim == 1:
+        out.zero_()
+        out[:len(old)] = old
+        return out
+    out[:, old.shape[1]:] = 0
+    # equalized learning rate: the runtime gain is 1/sqrt(fan_in), so a wider input scales the stored weights up
+    out[:old.shape[0], :old.shape[1]] = old * (fresh.shape[1] / old.shape[1]) ** 0.5
+    return out
+
+
+def _fit_weights(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, fresh_encoder: bool = False,
+                 grow_encoder: bool = False) -> list[str]:
     """Load ``sd`` into ``module`` (cast to its dtype); returns the module's keys left at their fresh values. Only a
     W+ encoder's ``ws_head`` may be missing (it starts at zero: the W+ model starts as the W model); with
-    ``fresh_encoder`` the source's encoder is not read at all (E of another width, trained from scratch)."""
+    ``fresh_encoder`` the source's encoder is not read at all (E of another width, trained from scratch); with
+    ``grow_encoder`` a narrower source E is grown into the module's wider one (see ``_grow``)."""
+    own = module.state_dict()
     if fresh_encoder:
         sd = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
-    own = module.state_dict()
+    if grow_encoder:
+        sd = {k: _grow(v, own[k], k, what) if k.startswith("encoder.") and k in own and v.shape != own[k].shape
+              else v for k, v in sd.items()}
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     extra = [k for k in sd if k not in own]
     missing = [k for k in own if k not in sd]
     allowed = ("encoder.",) if fresh_encoder else ("encoder.ws_head.",)  # what may stay at its fresh value
     if wrong or extra or any(not k.startswith(allowed) for k in missing):
-        hint = ("; an encoder of another width starts fresh with --fresh-encoder"
-                if any(k.startswith("encoder.") for k in wrong) and not fresh_encoder else "")
+        hint = ("; an encoder of another width starts fresh with --fresh-encoder, or grows from a narrower one "
+                "with --grow-encoder" if any(k.startswith("encoder.") for k in wrong) and not fresh_encoder else "")
         raise CheckpointError(f"{what} does not fit the configured network (wrong shape: {wrong[:3]}, unexpected: "
                               f"{extra[:3]}, missing: {missing[:3]}); start from weights of the same preset{hint}")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
     return missing
 
 
-def init_weights(source: str | Path, nets, fresh_encoder: bool = False) -> str:
+def init_weights(source: str | Path, nets, fresh_encoder: bool = False, grow_encoder: bool = False) -> str:
     """Start ``nets`` from other weights (fine-tuning): ``source`` is a training-state snapshot (G, G_ema and D)
     or an exported checkpoint folder (``aegan`` for G and G_ema, ``discriminator`` when exported, else D stays
-    fresh); ``fresh_encoder`` keeps E at its fresh weights. Optimizers, counters and RNG start fresh. Returns a
-    one-line description for the log."""
+    fresh); ``fresh_encoder`` keeps E at its fresh weights, ``grow_encoder`` grows a narrower source E into the
+    configured wider one. Optimizers, counters and RNG start fresh. Returns a one-line description for the log."""
     source = Path(source)
     if source.is_file():
         _, tensors = _read_snapshot(source)
@@ -167,7 +192,7 @@ def init_weights(source: str | Path, nets, fresh_encoder: bool = False) -> str:
                               "aegan.safetensors")
     for prefix, module in (("G", nets.G), ("G_ema", nets.G_ema), ("D", nets.D)):
         if parts[prefix]:
-            _fit_weights(module, parts[prefix], f"{source} ({prefix})", fresh_encoder)
+            _fit_weights(module, parts[prefix], f"{source} ({prefix})", fresh_encoder, grow_encoder)
     nets_from = "G" if fresh_encoder else "E and G"
     return (f"{nets_from}{' and D' if parts['D'] else ''} from {source}" + ("" if parts["D"] else " (D fresh)")
-            + (" (E fresh)" if fresh_encoder else ""))
+            + (" (E fresh)" if fresh_encoder else "") + (" (E grown)" if grow_encoder else ""))

@@ -288,7 +288,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
         state = load_snapshot(snapshot, nets, cfg, source.fingerprint)
         say(f"resumed from {snapshot.name} at {state['nimg'] / 1000:.3f} kimg")
     else:
-        start = init_weights(cfg.init_from, nets, cfg.fresh_encoder) if cfg.init_from else "fresh weights"
+        start = init_weights(cfg.init_from, nets, cfg.fresh_encoder, cfg.grow_encoder) if cfg.init_from else "fresh weights"
         if ctx.is_main:
             checkpoints = {} if perceptual is None else {f"perceptual:{perceptual.name}": perceptual.sha256 or "n/a"}
             write_config(run_dir, config_dict(cfg), checkpoints=checkpoints, data=data_info, stage="aegan")

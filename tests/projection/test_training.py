@@ -166,6 +166,42 @@ def test_a_wider_encoder_starts_fresh_beside_the_source_generator(tiny_data, per
         aegan_config("tiny", fresh_encoder=True)
 
 
+def test_a_grown_encoder_computes_what_the_narrow_one_did_then_trains_its_new_channels(tiny_data, perceptual,
+                                                                                         tmp_path):
+    """grow_encoder places the source's narrower E inside the configured wider one: same codes to float precision,
+    G and G_ema alike; the new channels are unread at first and start being used after a few steps. Narrowing and
+    the flag without a source are refused."""
+    from gmia.errors import CheckpointError
+    from gmia.projection.snapshot import init_weights
+    from gmia.projection.training import build_networks
+
+    src = train_aegan(aegan_config("tiny", kimg=0.008, export_dtype="float32"), tiny_data, tmp_path / "src",
+                      perceptual=perceptual, progress=False)
+    narrow = load_aegan(src.checkpoint_dir)
+    wide = aegan_config("tiny", kimg=0.016, lambda_gan=0.0, e_channel_base=512, e_channel_max=32,
+                        init_from=str(src.checkpoint_dir), grow_encoder=True)
+    nets, _ = build_networks(wide, torch.device("cpu"))
+    assert "(E grown)" in init_weights(src.checkpoint_dir, nets, grow_encoder=True)
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        for net in (nets.G, nets.G_ema):
+            assert torch.allclose(net.encode(x), narrow.encode(x), atol=1e-5)
+    head = "encoder.b4.fc.weight"
+    n_old = narrow.state_dict()[head].shape[1]
+    assert nets.G.state_dict()[head].shape[1] > n_old and not nets.G.state_dict()[head][:, n_old:].any()
+
+    ft = train_aegan(wide, tiny_data, tmp_path / "ft", perceptual=perceptual, progress=False)
+    assert load_aegan(ft.checkpoint_dir).state_dict()[head][:, n_old:].abs().sum() > 0  # new channels now read
+    back, _ = build_networks(aegan_config("tiny", init_from=str(ft.checkpoint_dir), grow_encoder=True),
+                             torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="at least as wide"):
+        init_weights(ft.checkpoint_dir, back, grow_encoder=True)
+    with pytest.raises(ConfigError, match="grow_encoder needs init_from"):
+        aegan_config("tiny", grow_encoder=True)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        aegan_config("tiny", init_from="x", grow_encoder=True, fresh_encoder=True)
+
+
 def test_encoder_fine_tune_freezes_g_and_mixes_prior_samples(tiny_data, perceptual, tmp_path):
     """train_generator False trains E only (G and its EMA stay bit-identical); synthetic_fraction replaces the
     tail of each batch by G(w), w from the init checkpoint's latent prior; both refuse what they cannot do."""
