@@ -10,9 +10,10 @@
 # 3. trains both for the kimg that fits what is left of the budget, from INIT_ROOT/<preset> (default
 #    checkpoints/<preset>, the shipped weights), and exports RUN_ROOT/aegan-<preset>/checkpoint/.
 #
-# POOL_PATIENTS=N trains on a pool of N extra phantom patients per preset (data/<preset>-pool<N>, 4 studies each,
-# seed 7: none of them is in any benchmark split) instead of the 700 training patients: more patients is what
-# closes the encoder's train/test gap (README, "Stage 1"); evaluate on the benchmark's val and test splits.
+# POOL_PATIENTS=N trains on a pool of N extra phantom patients per preset (data/<preset>-pool<N>, 4 studies
+# each, seed 2; the benchmark is seed 2026, so no pool patient is in any of its splits) instead of the 700
+# training patients: more patients is what closes the encoder's train/test gap (README, "Training and
+# projection"). Choose on the benchmark's val split, report its test split.
 set -euo pipefail
 budget=${1:?budget in seconds}; root=${2:?run root}; init_root=${3:-checkpoints}
 shift $(( $# < 3 ? $# : 3 ))
@@ -33,7 +34,7 @@ for p in $presets; do
   [ -f data/$p/phantom.json ] || gmia phantom --preset $p --out data/$p &
   if [ "$pool" -gt 0 ] && [ ! -f data/$p-pool$pool/phantom.json ]; then
     domain=$(case $p in *cxr*) echo cxr;; *) echo face;; esac)
-    gmia phantom --domain $domain --patients $pool --studies 4 --size 64 --seed 7 --out data/$p-pool$pool &
+    gmia phantom --domain $domain --patients $pool --studies 4 --size 64 --seed 2 --out data/$p-pool$pool &
   fi
 done
 wait

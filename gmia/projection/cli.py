@@ -31,6 +31,7 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--perceptual", type=_PERCEPTUAL, default=None, help="Perceptual term (auto: lpips if local, else MFM).")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None, help="torchvision AlexNet weights file.")
 @click.option("--lambda-mse", type=float, default=None, help="Weight of pixel MSE.")
+@click.option("--lambda-perc", type=float, default=None, help="Weight of the perceptual term (0 on the 64-px presets).")
 @click.option("--lambda-ssim", type=float, default=None, help="Weight of 1 - SSIM.")
 @click.option("--lambda-gan", type=float, default=None, help="Weight of the GAN term for E + G.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate.")
@@ -52,8 +53,8 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--resume", is_flag=True, help="Continue from the newest snapshot in --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lambda_mse, lambda_ssim, lambda_gan, lr,
-          freeze_generator, synthetic_fraction, e_channel_base, e_channel_max, fresh_encoder,
+def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lambda_mse, lambda_perc, lambda_ssim,
+          lambda_gan, lr, freeze_generator, synthetic_fraction, e_channel_base, e_channel_max, fresh_encoder,
           grow_encoder, init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
     from .project import open_images
@@ -61,8 +62,8 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
 
     data = data or f"data/{preset}"
     cfg = aegan_config(preset, kimg=kimg, batch=batch, latent=latent, perceptual=perceptual,
-                       lpips_weights=lpips_weights, lambda_mse=lambda_mse, lambda_ssim=lambda_ssim,
-                       lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed,
+                       lpips_weights=lpips_weights, lambda_mse=lambda_mse, lambda_perc=lambda_perc,
+                       lambda_ssim=lambda_ssim, lambda_gan=lambda_gan, lr=lr, init_from=init_from, split=split, seed=seed,
                        train_generator=False if freeze_generator else None, synthetic_fraction=synthetic_fraction,
                        e_channel_base=e_channel_base, e_channel_max=e_channel_max,
                        fresh_encoder=True if fresh_encoder else None, grow_encoder=True if grow_encoder else None)

@@ -25,7 +25,8 @@ perceptual term, λ_gan = 1 made the GAN term ~75% of the E + G loss and held th
 steps, ~+15% per image by the costs above; it shapes the latent space, which reconstruction does not need).
 No perceptual term at 64 px: with the MFM as the offline perceptual network a step costs 110-170 ms/image
 (20-30 kimg/h), without it ~60 ms/image (~60 kimg/h) — twice the images in the same CPU time, and pixel MSE
-already sees every structure that matters at this size (``--perceptual mfm`` turns it back on).
+already sees every structure that matters at this size (``--perceptual mfm --lambda-perc 1`` turns it
+back on).
 The shipped checkpoints trained 100 kimg (1 h 34 min of steps on one shared CPU core; see their cards).
 Batch 16 (more updates per kimg than 32 at the same cost per image); R1 γ from the StyleGAN2-ADA "auto" rule
 0.0002·R²/batch ≈ 0.05; EMA half-life batch·10/32 = 5 kimg with ramp-up 0.05. Augmentation: the phantoms already
@@ -131,6 +132,9 @@ class AeganConfig:
             (self.latent in ("w", "w+"), f"latent must be 'w' or 'w+', got {self.latent!r}"),
             (self.image_range in ("signed", "unit"), f"image_range must be 'signed' or 'unit', got {self.image_range!r}"),
             (self.perceptual in PERCEPTUAL_KINDS, f"perceptual must be one of {PERCEPTUAL_KINDS}, got {self.perceptual!r}"),
+            (self.perceptual == "none" or self.lambda_perc > 0,
+             f"perceptual {self.perceptual!r} has weight lambda_perc 0 and would do nothing: set --lambda-perc "
+             "(the 64-px presets turn the term off with 0)"),
             (self.img_channels in (1, 3), f"img_channels must be 1 or 3, got {self.img_channels}"),
             (self.resolution >= 8 and self.resolution & (self.resolution - 1) == 0,
              f"resolution must be a power of two >= 8, got {self.resolution}"),

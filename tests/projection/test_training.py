@@ -264,3 +264,10 @@ def test_train_cli_split_defaults_to_train_on_phantoms_and_to_every_image_of_a_p
     result = CliRunner().invoke(aegan, args + (["--split", flag] if flag else []))
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["config"]["split"] == expected
+
+
+def test_a_perceptual_term_without_weight_is_refused_not_silently_dropped():
+    """The 64-px presets switch the term off with lambda_perc 0; naming a perceptual net must come with a weight."""
+    with pytest.raises(ConfigError, match="--lambda-perc"):
+        aegan_config("phantom-cxr64", perceptual="mfm")
+    assert aegan_config("phantom-cxr64", perceptual="mfm", lambda_perc=1.0).lambda_perc == 1.0
