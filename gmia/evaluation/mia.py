@@ -42,7 +42,7 @@ from .. import metrics
 from ..config import get_preset
 from ..errors import InputError
 from ..projection.prior import LatentPrior
-from ..projection.project import load_aegan, open_images, project_images
+from ..projection.project import is_phantom_folder, load_aegan, open_images, project_images
 from ..runs import atomic_write_json, log
 from .evaluate import _folder, clean_json
 from .privacy import fast_auc
@@ -162,7 +162,7 @@ def membership_inference(preset: str, members: str | Path, nonmembers: str | Pat
     folder = _folder(preset, Path(checkpoints), "aegan")
     model = load_aegan(folder, device)
     reference = load_aegan(reference_checkpoint, device) if reference_checkpoint else None
-    opened = lambda d, s: open_images(d, s if (Path(d) / "phantom.json").is_file() else None,  # noqa: E731
+    opened = lambda d, s: open_images(d, s if is_phantom_folder(d) else None,  # noqa: E731
                                       p.resolution, p.channels)
     m_ds, n_ds = opened(members, members_split), opened(nonmembers, nonmembers_split)
     overlap = set(m_ds.patients()) & set(n_ds.patients())

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..anonymization import anonymize_config, anonymize_dataset
 from ..config import get_preset
 from ..errors import ConfigError
-from ..projection.project import open_images
+from ..projection.project import is_phantom_folder, open_images
 from ..runs import atomic_write_json, atomic_write_text, log
 from .evaluate import EvalConfig, evaluate
 from .plots import curve_plot
@@ -83,7 +83,7 @@ def sweep(preset: str, margins: list[float], input_dir: str | Path, out_dir: str
     p = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = split if (Path(input_dir) / "phantom.json").is_file() else None
+    split = split if is_phantom_folder(input_dir) else None
     dataset = open_images(input_dir, split, p.resolution, p.channels)
     rows = []
     for margin in margins:

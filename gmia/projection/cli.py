@@ -57,7 +57,7 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
           lambda_gan, lr, freeze_generator, synthetic_fraction, e_channel_base, e_channel_max, fresh_encoder,
           grow_encoder, init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
-    from .project import open_images
+    from .project import is_phantom_folder, open_images
     from .training import train_aegan
 
     data = data or f"data/{preset}"
@@ -68,7 +68,7 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
                        e_channel_base=e_channel_base, e_channel_max=e_channel_max,
                        fresh_encoder=True if fresh_encoder else None, grow_encoder=True if grow_encoder else None)
     # "all", and an unset --split on a plain image folder (a user's own dataset has no splits), train on every image
-    if split == "all" or (split is None and not (Path(data) / "phantom.json").is_file()):
+    if split == "all" or (split is None and not is_phantom_folder(data)):
         cfg = dataclasses.replace(cfg, split=None)
     if dry_run:
         click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))
@@ -130,9 +130,9 @@ def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, 
 def fit_prior_command(preset, data, split, checkpoint, limit, threads):
     """Fit the Gaussian latent prior (surrogate identities, MIA sampling) to E(x) of training images."""
     from .prior import fit_prior
+    from .project import is_phantom_folder
 
     if threads:
         torch.set_num_threads(threads)
     folder = Path(checkpoint or Path("checkpoints") / preset)
-    is_phantom = (Path(data) / "phantom.json").is_file()
-    fit_prior(folder, data, split if is_phantom else None, limit)
+    fit_prior(folder, data, split if is_phantom_folder(data) else None, limit)

@@ -34,7 +34,7 @@ from .config import ProjectionConfig
 from .losses import PerceptualLoss, ReconstructionLoss, build_perceptual, ssim_per_image
 from .model import AEGAN
 
-__all__ = ["LatentRefiner", "encoder_fidelity", "load_aegan", "open_images", "project_codes", "project_dataset",
+__all__ = ["LatentRefiner", "encoder_fidelity", "is_phantom_folder", "load_aegan", "open_images", "project_codes", "project_dataset",
            "project_images", "reconstruction_metrics", "run_projection", "save_grid"]
 
 LATENTS_FORMAT = "gmia-latents/1"
@@ -49,12 +49,17 @@ def load_aegan(path_dir: str | Path, device: str | torch.device = "cpu") -> AEGA
     return model.requires_grad_(False)
 
 
+def is_phantom_folder(root: str | Path) -> bool:
+    """A phantom folder has splits (``phantom.json``); any other image folder has none."""
+    return (Path(root) / "phantom.json").is_file()
+
+
 def open_images(root: str | Path, split: str | None, resolution: int, channels: int) -> ImageDataset:
     """A phantom folder (``phantom.json`` present; ``split`` selects rows) or any image folder, as
     (channels, resolution, resolution) images in [0, 1]."""
     root = Path(root)
     prep = Preprocess(size=resolution, channels=channels)
-    if (root / "phantom.json").is_file():
+    if is_phantom_folder(root):
         ds = PhantomFolder(root, split=split)
         if ds.channels != channels or int(ds.card.get("size", resolution)) != resolution:
             ds = PhantomFolder(root, split=split, preprocess=prep)
