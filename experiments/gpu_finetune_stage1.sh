@@ -10,10 +10,7 @@
 # 3. trains both for the kimg that fits what is left of the budget, from INIT_ROOT/<preset> (default
 #    checkpoints/<preset>, the shipped weights), and exports RUN_ROOT/aegan-<preset>/checkpoint/.
 #
-# POOL_PATIENTS=N trains on a pool of N extra phantom patients per preset (data/<preset>-pool<N>, 4 studies
-# each, seed 2; the benchmark is seed 2026, so no pool patient is in any of its splits) instead of the 700
-# training patients: more patients is what closes the encoder's train/test gap (README, "Training and
-# projection"). Choose on the benchmark's val split, report its test split.
+# The chest encoder's last step (a pool of new patients) is experiments/pool_finetune_stage1.sh.
 set -euo pipefail
 budget=${1:?budget in seconds}; root=${2:?run root}; init_root=${3:-checkpoints}
 shift $(( $# < 3 ? $# : 3 ))
@@ -26,22 +23,14 @@ gmia() { python3 -m gmia "$@"; }
 pids=""
 ft_flags="--lambda-gan 0 --lambda-ssim 1 --device cuda --quiet $*"
 
-pool=${POOL_PATIENTS:-0}
-data_flags() {  # the training data of preset $1: the benchmark's train split, or the pool
-  if [ "$pool" -gt 0 ]; then echo "--data data/$1-pool$pool --split all"; fi
-}
 for p in $presets; do
   [ -f data/$p/phantom.json ] || gmia phantom --preset $p --out data/$p &
-  if [ "$pool" -gt 0 ] && [ ! -f data/$p-pool$pool/phantom.json ]; then
-    domain=$(case $p in *cxr*) echo cxr;; *) echo face;; esac)
-    gmia phantom --domain $domain --patients $pool --studies 4 --size 64 --seed 2 --out data/$p-pool$pool &
-  fi
 done
 wait
 
 for p in $presets; do
   rm -rf $root/time-$p
-  gmia train aegan --preset $p --out $root/time-$p --init-from $init_root/$p $ft_flags $(data_flags $p) --kimg 2 \
+  gmia train aegan --preset $p --out $root/time-$p --init-from $init_root/$p $ft_flags --kimg 2 \
     >/dev/null &
 done
 wait
@@ -57,7 +46,7 @@ kimg=$(python3 -c "print(max(int($left / $spk) // 10 * 10, 10))")
 echo "timing: $spk s/kimg with both runs on the GPU; $left s left -> $kimg kimg each"
 
 for p in $presets; do
-  gmia train aegan --preset $p --out $root/aegan-$p --init-from $init_root/$p $ft_flags $(data_flags $p) \
+  gmia train aegan --preset $p --out $root/aegan-$p --init-from $init_root/$p $ft_flags \
     --kimg $kimg > $root/aegan-$p.out 2>&1 &
   pids="$pids $!"
 done
