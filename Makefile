@@ -55,6 +55,13 @@ phantom-data: data/phantom-cxr64/phantom.json data/phantom-face64/phantom.json
 # make anonymize DATASET=phantom-face the phantom face test split, shipped weights
 # make anonymize DATASET=mimic DATA_ROOT=/data/mimic-cxr-jpg CKPT=/models/gmia-cxr256
 #                                     (also chexpert, nih, folder, dicom)
+# make anonymize DATASET=folder DATA_ROOT=/data/mine LABELS=/data/mine/labels.csv CKPT=...
+#                                     your own folder; LABELS carries its findings into labels.csv (IMAGE_COLUMN=,
+#                                     PATIENT_COLUMN=, FINDINGS=a,b name its columns; the patient column only groups)
+# make anonymize DATASET=dicom DATA_ROOT=/data/archive CKPT=...
+#                                     de-identified DICOM out (FORMAT=png for PNG; docs/dicom.md)
+# PRESET= picks another preset for DATASET=folder/dicom/... (default gmia-cxr256; the phantom presets use the
+# shipped checkpoints/ when CKPT is unset)
 # THREADS=1 when another job shares the CPU (torch's threads oversubscribe a busy core: 448 s instead of 57 s
 # for the 64 default images on a 2-core machine with one core taken); unset, torch takes every core
 ANON_THREADS = $(if $(filter command line environment,$(origin THREADS)),--threads $(THREADS))
@@ -65,10 +72,14 @@ else ifeq ($(DATASET),phantom-face)
 anonymize: data/phantom-face64/phantom.json
 	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) --resume
 else
+ANON_PRESET := $(or $(PRESET),gmia-cxr256)
+ANON_CKPT   := $(or $(CKPT),$(if $(filter phantom-%,$(ANON_PRESET)),checkpoints))
+ANON_LABELS  = $(if $(LABELS),--labels "$(LABELS)") $(if $(IMAGE_COLUMN),--image-column "$(IMAGE_COLUMN)") \
+               $(if $(PATIENT_COLUMN),--patient-column "$(PATIENT_COLUMN)") $(if $(FINDINGS),--findings "$(FINDINGS)")
 anonymize: install
 	@test -n "$(DATA_ROOT)" || { echo "make anonymize DATASET=$(DATASET) needs DATA_ROOT=<folder of the dataset> (and CKPT=<checkpoint folder>); see README.md, 'Real datasets'." >&2; exit 2; }
-	@test -n "$(CKPT)" || { echo "make anonymize DATASET=$(DATASET) needs CKPT=<checkpoint folder with generator, encoder, identity and utility weights>; see README.md, 'Real datasets'." >&2; exit 2; }
-	$(GMIA) anonymize --preset gmia-cxr256 --dataset $(DATASET) --data-root "$(DATA_ROOT)" --checkpoints "$(CKPT)" --privacy $(PRIVACY) --out $(OUT) $(ANON_THREADS) --resume
+	@test -n "$(ANON_CKPT)" || { echo "make anonymize DATASET=$(DATASET) needs CKPT=<checkpoint folder with generator, encoder, identity and utility weights>; see README.md, 'Real datasets'." >&2; exit 2; }
+	$(GMIA) anonymize --preset $(ANON_PRESET) --dataset $(DATASET) --data-root "$(DATA_ROOT)" $(ANON_LABELS) $(if $(FORMAT),--output-format $(FORMAT)) --checkpoints "$(ANON_CKPT)" --privacy $(PRIVACY) --out $(OUT) $(ANON_THREADS) --resume
 endif
 
 # ---- evidence -----------------------------------------------------------------------------------------

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from gmia.errors import CheckpointError
 from third_party import stylegan2_ada as sg2
-from third_party.stylegan2_ada.legacy_pickle import LegacyFormatError, UnsafePickleError, read_snapshot
+from third_party.stylegan2_ada.legacy_pickle import LegacyFormatError, UnsafePickleError, one_line, read_snapshot
 from third_party.stylegan2_ada.legacy_rebuild import rebuild_network, to_plain
 
 __all__ = [
@@ -37,10 +38,12 @@ __all__ = [
     "import_official_pickle",
     "load_module",
     "read_card",
+    "read_verified",
     "register_class",
     "registered_classes",
     "save_module",
     "sha256_file",
+    "write_card",
 ]
 
 FORMAT = "gmia-checkpoint/1"
@@ -170,6 +173,36 @@ def read_card(path_dir: str | Path, name: str) -> dict[str, Any]:
     return card
 
 
+def write_card(path_dir: str | Path, name: str, class_name: str, kwargs: dict[str, Any],
+               meta: dict[str, Any] | None = None, **fields: Any) -> Path:
+    """Write the card ``<name>.json`` of ``<name>.safetensors`` (already in ``path_dir``) for files that are not
+    an ``nn.Module``: format, class, kwargs, meta, the file's sha256, then ``fields``. Returns the card's path."""
+    weights = Path(path_dir) / f"{_check_name(name)}.safetensors"
+    card = {"format": FORMAT, "class": class_name, "kwargs": kwargs, "meta": meta or {},
+            "sha256": sha256_file(weights), **fields}
+    try:
+        text = json.dumps(card, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {name!r}: kwargs and meta must be JSON-serialisable ({exc})") from None
+    card_path = Path(path_dir) / f"{name}.json"
+    _write_atomic(card_path, (text + "\n").encode())
+    return card_path
+
+
+def read_verified(path_dir: str | Path, name: str, card: dict[str, Any]) -> bytes:
+    """The bytes of ``<name>.safetensors`` after checking them against the sha256 of ``card``. Hashing and parsing
+    the same bytes leaves no moment in which the file could be swapped."""
+    weights = Path(path_dir) / f"{_check_name(name)}.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file missing; copy it next to its card {name}.json")
+    data = weights.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card["sha256"]:
+        raise CheckpointError(f"{weights}: sha256 {digest[:12]}... does not match its card ({card['sha256'][:12]}...); "
+                              "the file is corrupt or was replaced; restore it from the original checkpoint")
+    return data
+
+
 def load_module(path_dir: str | Path, name: str, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild checkpoint ``name`` from ``path_dir``: verified sha256, registry class, strict load, float32, eval."""
     card = read_card(path_dir, name)
@@ -178,14 +211,9 @@ def load_module(path_dir: str | Path, name: str, device: str | torch.device = "c
     if cls is None:
         raise CheckpointError(f"{weights.with_suffix('.json')}: class {card['class']!r} is not registered; known: "
                               f"{sorted(_REGISTRY)} (import the module that registers it first)")
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: weights file missing; copy it next to its card {name}.json")
-    digest = sha256_file(weights)
-    if digest != card["sha256"]:
-        raise CheckpointError(f"{weights}: sha256 {digest[:12]}... does not match its card ({card['sha256'][:12]}...); "
-                              "the file is corrupt or was replaced; restore it from the original checkpoint")
+    data = read_verified(path_dir, name, card)
     try:
-        state = load_file(str(weights), device="cpu")
+        state = load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -239,13 +267,14 @@ def import_official_pickle(src: Path, dst: Path) -> Path:
         networks = {k: rebuild_network(snapshot.entries[k], k) for k in _SNAPSHOT_NETWORKS
                     if snapshot.entries.get(k) is not None}
     except UnsafePickleError as exc:
-        raise CheckpointError(f"{src}: refused as unsafe: {exc}. Nothing was executed and nothing was written; "
-                              "only import snapshots from a source you trust") from None
+        raise CheckpointError(f"{src}: refused as unsafe: {one_line(exc)}. Nothing was executed and nothing was "
+                              "written; only import snapshots from a source you trust") from None
     except LegacyFormatError as exc:
-        raise CheckpointError(f"{src}: not an importable StyleGAN2-ADA/GMIA snapshot: {exc}. Nothing was "
+        raise CheckpointError(f"{src}: not an importable StyleGAN2-ADA/GMIA snapshot: {one_line(exc)}. Nothing was "
                               "written") from None
     if not networks:
-        raise CheckpointError(f"{src}: the snapshot has none of the networks {list(_SNAPSHOT_NETWORKS)}")
+        raise CheckpointError(f"{src}: the snapshot has none of the networks {list(_SNAPSHOT_NETWORKS)}; nothing "
+                              "was written")
     source = {"file": src.name, "sha256": source_sha, "format": "stylegan2-ada-pytorch persistence pickle",
               "module_src_sha256": sorted(snapshot.module_src_sha256)}
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ library function; a GmiaError reaches the user as one line (the traceback only w
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -22,6 +23,27 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # full disk, read-only or forbidden folder: one line with the path and the fix
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(os_error_line(e)) from None
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free some space (or choose another --out)",
+    errno.EDQUOT: "free some space within your quota (or choose another --out)",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "check the permissions of that folder, or choose another --out",
+    errno.EPERM: "check the permissions of that folder, or choose another --out",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line: what failed, on which path, and what to do. A run folder stays resumable after
+    any of these (every record is journaled only once its file is in place)."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "(no path)"
+    fix = _OS_FIXES.get(e.errno, "check the path")
+    return f"{e.strerror or e} ({where}); {fix}, then rerun the same command (add --resume for an anonymization run)"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

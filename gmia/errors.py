@@ -7,7 +7,15 @@ __all__ = ["GmiaError", "InputError", "CheckpointError", "ConfigError"]
 
 
 class GmiaError(Exception):
-    """Base class: an error the user can fix (bad input, missing weights, bad option)."""
+    """Base class: an error the user can fix (bad input, missing weights, bad option).
+
+    ``reason`` is an optional short summary that names no file and no input value: the only part of an error
+    that may reach a public file (a released manifest row). The message itself names the file, for the user.
+    """
+
+    def __init__(self, message: str = "", *, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 class InputError(GmiaError):

@@ -21,6 +21,7 @@ what §13 lists as pitfalls:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..config import DEFAULT_PRIVACY, PRIVACY_LEVELS, margin_for, override
@@ -81,7 +82,16 @@ class AnonymizeConfig:
     output_bits: int | None = None   # PNG bit depth (None: match each input file; 8 or 16)
 
     def __post_init__(self):
+        numbers = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), float)}
+        numbers.update(beta1=self.betas[0], beta2=self.betas[1])
+        bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
+        if bad:  # inf/nan from the command line would waste every step or switch a term off silently
+            raise ConfigError(f"AnonymizeConfig: {', '.join(f'{k}={v}' for k, v in bad.items())}: every number "
+                              "must be finite")
+        negative = [f"{k}={v}" for k, v in numbers.items() if k.startswith("lambda_") and v < 0]
         checks = [
+            (not negative, f"loss weights must be >= 0 (0 turns a term off), got {', '.join(negative)}"),
             (-1.0 <= self.margin <= 1.0, f"margin must be in [-1, 1] (a cosine), got {self.margin}"),
             (self.utility_form in UTILITY_FORMS, f"utility_form must be one of {UTILITY_FORMS}, got {self.utility_form!r}"),
             (self.noise in NOISE_MODES, f"noise must be one of {NOISE_MODES}, got {self.noise!r}"),

@@ -2,13 +2,15 @@
 
 The published pipeline checks the identity hinge on a float image rendered under other noise, then writes a
 JPEG (reference §13.6). Here each image is decoded with its own noise, quantized and written as PNG (8- or
-16-bit) into a staging folder, read back from disk, and embedded again by E_id. Only a file whose cosine to its
-source is at most the margin m is moved into ``images/``; the runner retries or withholds the others.
+16-bit) or DICOM into a staging folder, read back from disk, and embedded again by E_id. Only a file whose
+cosine to its source is at most the margin m is moved into ``images/``; the runner retries or withholds the
+others.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +32,18 @@ class GateResult:
 
 @torch.no_grad()
 def write_and_check(model, e_id, w: torch.Tensor, seeds: list[int], refs_id: torch.Tensor, paths: list[Path],
-                    bits: list[int], margin: float, noise: str = "per-image") -> list[GateResult]:
-    """Decode codes ``w`` (n, ...) with their per-image noise, write ``paths`` (PNG, ``bits`` each), reload
-    them and compare E_id of the reloaded pixels with ``refs_id`` (n, D)."""
+                    bits: list[int], margin: float, noise: str = "per-image",
+                    writers: list[Callable[[torch.Tensor, Path], object]] | None = None) -> list[GateResult]:
+    """Decode codes ``w`` (n, ...) with their per-image noise, write ``paths`` (PNG, ``bits`` each; or with
+    ``writers[i](image, path)``, e.g. a DICOM file with its header), reload them through the same reader as
+    any input (``load_image``: Pillow, or ``read_dicom`` for .dcm) and compare E_id of the reloaded pixels with
+    ``refs_id`` (n, D)."""
     x = decode(model, w, seeds, noise).cpu()
-    for img, path, b in zip(x, paths, bits):
-        save_image(img, path, bits=b if img.shape[0] == 1 else 8)
+    for i, (img, path, b) in enumerate(zip(x, paths, bits)):
+        if writers is not None:
+            writers[i](img, path)
+        else:
+            save_image(img, path, bits=b if img.shape[0] == 1 else 8)
     reloaded = torch.stack([load_image(p, channels=x.shape[1]) for p in paths]).to(refs_id.device)
     cos = identity_cosine(e_id.embed(reloaded), refs_id).tolist()
     return [GateResult(p, c, c <= margin) for p, c in zip(paths, cos)]

@@ -1,13 +1,15 @@
 """The output folder of an anonymization run: what is released, what stays private, and how a run resumes.
 
-    OUT/images/<pseudonym>.png    released images only (PNG 8- or 16-bit, no metadata, fixed mtime)
+    OUT/images/<pseudonym>.png    released images only (PNG 8- or 16-bit, no metadata, fixed mtime), or
+    OUT/images/<pseudonym>.dcm    DICOM with a de-identified header (``gmia.data.adapters.dicom_deid``)
     OUT/labels.csv                pseudonym + findings of the released images (sorted by pseudonym)
     OUT/manifest.jsonl            one row per input: pseudonym, status released/withheld/error, cos_id, utility,
                                   steps, seconds, reason/error (sorted by pseudonym; no source names)
     OUT/run.json                  config, versions, checkpoint sha256s, seed, summary
     OUT/private/                  NEVER release: resume.key (the secret behind the pseudonyms), journal-*.jsonl
                                   (progress, in processing order), errors.jsonl (which source file failed and why),
-                                  linkage.csv (source key → pseudonym, only with --write-linkage)
+                                  linkage.csv (source key → pseudonym, only with --write-linkage),
+                                  lock-<i>-of-<n> (held by the process writing that shard, says who it is)
 
 Pseudonyms are HMAC-SHA256(resume.key, source key): random-looking to anyone without the key, yet the same
 on every resume and every shard, which is what makes ``--resume`` and ``--shard`` exact without storing the
@@ -25,6 +27,8 @@ import json
 import math
 import os
 import secrets
+import socket
+import time
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -52,31 +56,51 @@ class RunFolder:
                 raise ConfigError(f"{self.root} already holds an anonymization run; pass --resume to finish it, or "
                                   "choose a new --out (nothing is overwritten)")
             if previous.get("result_config") != result_config:
-                changed = sorted(k for k in result_config if previous.get("result_config", {}).get(k) != result_config[k])
+                before = previous.get("result_config", {})
+                changed = sorted(k for k in {*before, *result_config} if before.get(k) != result_config.get(k))
                 raise ConfigError(f"{run_json}: --resume with different settings ({', '.join(changed)}); "
                                   "rerun with the original settings or choose a new --out")
-        elif self.root.exists() and any(p.name != "private" for p in self.root.iterdir()):
+        elif self.root.exists() and not _fresh(self.root):
             raise ConfigError(f"{self.root} exists and is not an anonymization run; choose a new --out")
-        for d in (self.images, self.staging):
-            d.mkdir(parents=True, exist_ok=True)
+        self.private.mkdir(parents=True, exist_ok=True)
         self.private.chmod(0o700)
-        self._key = self._secret()
-        if not run_json.exists():
-            atomic_write_json(run_json, {**run_record, "result_config": result_config})
+        self._lock = _RunLock(self.private / f"lock-{shard[0]}-of-{shard[1]}", self.root, shard)
+        try:
+            self._key = self._secret()
+            for d in (self.images, self.staging):
+                d.mkdir(parents=True, exist_ok=True)
+            if not run_json.exists():
+                atomic_write_json(run_json, {**run_record, "result_config": result_config})
+        except BaseException:
+            self.close()
+            raise
         self.journal_path = self.private / f"journal-{shard[0]}-of-{shard[1]}.jsonl"
         self.done = {row["pseudonym"] for row in self.read_journal()}
 
+    def close(self) -> None:
+        """Release the run folder's lock (also released by the OS when the process dies)."""
+        self._lock.release()
+
     # ---- identity of a record -----------------------------------------------------------------------------
     def _secret(self) -> bytes:
+        """The run's key: created once, complete or not at all, then only ever read."""
         path = self.private / "resume.key"
-        try:  # O_EXCL: of several shards starting together, exactly one creates the key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-                f.flush()
-                os.fsync(f.fileno())
-        except FileExistsError:
-            pass
+        if not path.exists():
+            # Written whole to a temporary file, then linked into place: a full disk or a kill leaves either no
+            # key (the next start creates one) or a complete one, never an empty file; link() refuses to
+            # replace, so of several shards starting together exactly one key wins.
+            tmp = self.private / f"resume.key.tmp{os.getpid()}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
         text = path.read_text().strip()
         if len(text) != 64:
             raise ConfigError(f"{path}: damaged resume key; a run can only resume with its own key")
@@ -85,11 +109,16 @@ class RunFolder:
     def pseudonym(self, key: str) -> str:
         return hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
 
-    def image_path(self, pseudonym: str) -> Path:
-        return self.images / f"{pseudonym}.png"
+    def subkey(self, purpose: str) -> bytes:
+        """A secret derived from the run's key for one purpose (keyed patient ids, DICOM UIDs and dates): the
+        same on every resume and shard, and the run's key itself never leaves this object."""
+        return hmac.new(self._key, b"subkey:" + purpose.encode(), hashlib.sha256).digest()
 
-    def staging_path(self, pseudonym: str) -> Path:
-        return self.staging / f"{pseudonym}.png"
+    def image_path(self, pseudonym: str, suffix: str = ".png") -> Path:
+        return self.images / f"{pseudonym}{suffix}"
+
+    def staging_path(self, pseudonym: str, suffix: str = ".png") -> Path:
+        return self.staging / f"{pseudonym}{suffix}"
 
     # ---- progress ---------------------------------------------------------------------------------------
     def read_journal(self, all_shards: bool = False) -> list[dict]:
@@ -129,15 +158,18 @@ class RunFolder:
         writer.writerow(["image", *findings])
         for r in rows:
             if r["status"] == "released":
-                writer.writerow([f"images/{r['pseudonym']}.png",
+                writer.writerow([r.get("image", f"images/{r['pseudonym']}.png"),
                                  *("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
                                    for v in r.get("labels", []))])
         atomic_write_text(self.root / "labels.csv", buf.getvalue())
         if linkage_keys is not None:
             recorded = {r["pseudonym"] for r in rows}
             links = sorted((k, p) for k in linkage_keys if (p := self.pseudonym(k)) in recorded)
-            atomic_write_text(self.private / "linkage.csv",
-                              "source,pseudonym\n" + "".join(f"{_csv(k)},{p}\n" for k, p in links))
+            buf = io.StringIO()  # CRLF rows: a source name holding a newline or a CR is quoted, not split
+            writer = csv.writer(buf, lineterminator="\r\n")
+            writer.writerow(["source", "pseudonym"])
+            writer.writerows(links)
+            atomic_write_text(self.private / "linkage.csv", buf.getvalue())
         counts = {s: sum(r["status"] == s for r in rows) for s in ("released", "withheld", "error")}
         run = json.loads((self.root / "run.json").read_text())
         run["summary"] = {**summary, **counts, "records": len(rows)}
@@ -145,10 +177,44 @@ class RunFolder:
         return run["summary"]
 
 
-def _csv(value: str) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([value])
-    return buf.getvalue()
+def _fresh(root: Path) -> bool:
+    """True if ``root`` holds nothing but what a run that failed before its first record leaves: an empty
+    images/ folder and private/ (its lock, possibly its key). Such a folder may start the run again."""
+    for entry in root.iterdir():
+        if entry.name == "images" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name != "private":
+            return False
+    return True
+
+
+class _RunLock:
+    """An exclusive lock on one shard of a run folder while a process writes it (``flock``: the OS drops it
+    when the process dies, so a killed run never leaves a stale lock). The file says who holds it."""
+
+    def __init__(self, path: Path, root: Path, shard: tuple[int, int]):
+        import fcntl
+
+        self._file = open(path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            self._file = None
+            raise ConfigError(f"{root} (shard {shard[0]}/{shard[1]}) is being written by {holder}; wait for it to "
+                              "finish, or stop it and rerun with --resume") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"gmia process {os.getpid()} on {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
 
 
 def _append(path: Path, row: dict) -> None:

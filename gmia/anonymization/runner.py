@@ -11,6 +11,8 @@ is the same whatever the batch size, the order, the shard, or the number of time
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import math
 import time
@@ -22,9 +24,10 @@ import torch
 from tqdm import tqdm
 
 from .. import networks
-from ..checkpoints import read_card, sha256_file
+from ..checkpoints import read_card
 from ..data.datasets import ImageDataset
-from ..data.preprocess import source_bits
+from ..data.adapters.dicom_deid import DicomPolicy, DicomRelease
+from ..data.preprocess import DICOM_SUFFIXES, source_bits
 from ..errors import CheckpointError, ConfigError, GmiaError, InputError
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
@@ -34,7 +37,10 @@ from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer
 from .outputs import RELEASE_MTIME, RunFolder
 
-__all__ = ["anonymize_dataset", "record_seed", "Engine", "load_engine", "parse_shard"]
+__all__ = ["anonymize_dataset", "record_seed", "Engine", "load_engine", "parse_shard", "public_error",
+           "check_input", "resolve_output_format", "OUTPUT_FORMATS"]
+
+OUTPUT_FORMATS = ("png", "dicom")
 
 
 def record_seed(key: str, seed: int = 0) -> int:
@@ -87,30 +93,54 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     if cfg.lambda_lesion > 0:  # keep the lesion map (face presets: E_ut also segments)
         extra.append(LesionTerm(e_ut, cfg.lambda_lesion))
     if cfg.lambda_surrogate > 0:  # pull towards a generated nobody's identity (surrogate.py)
-        from ..projection.prior import PRIOR_FILE, LatentPrior
+        from ..projection.prior import LatentPrior
         from .surrogate import SurrogateTerm
 
-        extra.append(SurrogateTerm(model, e_id, LatentPrior.load(folder), cfg.surrogate_cos, cfg.lambda_surrogate,
+        prior = LatentPrior.load(folder)
+        extra.append(SurrogateTerm(model, e_id, prior, cfg.surrogate_cos, cfg.lambda_surrogate,
                                    cfg.noise))
-        files["latent_prior"] = sha256_file(folder / PRIOR_FILE)
+        files["latent_prior"] = prior.sha256  # checked against its card when loaded
     objective = Objective(IdentityTerm(e_id, cfg.margin, cfg.lambda_id),
                           UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None, extra)
     shas = {**{role: read_card(folder, role)["sha256"] for role in roles}, **files}
     return Engine(model, e_id, e_ut, objective, shas)
 
 
-def _sanitize(message: str, *names: str) -> str:
-    """An error message without the source's path or name (manifest rows are public)."""
-    for name in sorted({n for n in names if n}, key=len, reverse=True):
-        message = message.replace(name, "<input>")
-    return message
+def public_error(exc: Exception) -> str:
+    """What a public manifest row says about an input that failed: the error's kind and its path-free
+    ``reason``, never its message (which names the file, and file names carry patient ids). The full
+    message goes to private/errors.jsonl."""
+    reason = getattr(exc, "reason", None)
+    if not reason:
+        reason = "the input could not be read" if isinstance(exc, (GmiaError, OSError)) else \
+            "the input could not be processed"
+    return f"{type(exc).__name__}: {reason} (details in private/errors.jsonl)"
+
+
+def check_input(x: torch.Tensor, geometry, expected: tuple[int, int, int], path, preset: str) -> None:
+    """Refuse what cannot be anonymized meaningfully: the wrong shape for the networks, a source so small that
+    the preset's resolution would be mostly invented (more than 4× upsampling), or a blank image."""
+    if tuple(x.shape) != expected:
+        raise InputError(f"{path}: image is {tuple(x.shape)} after preprocessing, the {preset} networks need "
+                         f"{expected}; open the dataset with the preset's Preprocess",
+                         reason="wrong image shape after preprocessing")
+    smallest = expected[-1] // 4
+    if min(geometry.height, geometry.width) < smallest:
+        raise InputError(f"{path}: image is only {geometry.height}×{geometry.width} px; the {preset} preset needs at "
+                         f"least {smallest} px a side (it works at {expected[-1]} px). Use the original file.",
+                         reason=f"image too small (under {smallest} px a side)")
+    if float(x.max() - x.min()) < 1.0 / 255:
+        raise InputError(f"{path}: the image is blank (one grey level); nothing to anonymize. Check the export.",
+                         reason="blank image (a single grey level)")
 
 
 class _Run:
     """One call of ``anonymize_dataset``: the loop and its bookkeeping."""
 
-    def __init__(self, cfg, engine, dataset, folder, todo: list[tuple[int, str, str]], device, progress):
+    def __init__(self, cfg, engine, dataset, folder, todo: list[tuple[int, str, str]], device, progress,
+                 dicom: DicomRelease | None = None):
         self.cfg, self.engine, self.dataset, self.folder = cfg, engine, dataset, folder
+        self.dicom = dicom  # None: PNG output
         self.todo, self.device = todo, device
         self.opt = LatentOptimizer(engine.model, engine.objective, cfg)
         self.counts = {"released": 0, "withheld": 0, "error": 0}
@@ -129,16 +159,17 @@ class _Run:
             try:
                 sample = self.dataset[index]
                 x = sample["image"]
-                if tuple(x.shape) != self.expected:
-                    raise InputError(f"{self.dataset.path_of(index)}: image is {tuple(x.shape)} after "
-                                     f"preprocessing, the {self.cfg.preset} networks need {self.expected}; "
-                                     "open the dataset with the preset's Preprocess")
+                check_input(x, sample["geometry"], self.expected, self.dataset.path_of(index), self.cfg.preset)
             except (GmiaError, OSError, ValueError, RuntimeError) as exc:
                 self._error(index, key, pseudonym, exc)
                 continue
-            bits = self.cfg.output_bits or source_bits(self.dataset.path_of(index))
+            try:
+                header, bits = self._output(index, key, sample)
+            except GmiaError as exc:
+                self._error(index, key, pseudonym, exc)
+                continue
             payload = {"pseudonym": pseudonym, "labels": [float(v) for v in sample["labels"]], "bits": bits,
-                       "attempts": 0}
+                       "attempts": 0, "header": header}
             items.append(Item(key=key, seed=record_seed(key, self.cfg.seed), payload=payload))
             images.append(x)
         if items:
@@ -148,12 +179,20 @@ class _Run:
             # each image's own noise, as it will be rendered
             self.opt.add(items, w0, x)
 
+    def _output(self, index: int, key: str, sample: dict) -> tuple[object, int]:
+        """(DICOM header or None, bits per sample) of the file a record will be released as."""
+        path = self.dataset.path_of(index)
+        if self.dicom is None:
+            return None, self.cfg.output_bits or source_bits(path)
+        header, bits = self.dicom.prepare(path, key, sample["patient"])
+        return header, self.cfg.output_bits or bits
+
     # ---- output --------------------------------------------------------------------------------------------
     def _error(self, index: int, key: str, pseudonym: str, exc: Exception) -> None:
         path = str(self.dataset.path_of(index))
         text = f"{type(exc).__name__}: {exc}"
-        row = {"pseudonym": pseudonym, "status": "error", "error": _sanitize(text, path, key, Path(key).name)}
-        self.folder.record(row, source_key=key, error=text)
+        row = {"pseudonym": pseudonym, "status": "error", "error": public_error(exc)}
+        self.folder.record(row, source_key=key, error=f"{path}: {text}")
         self._count("error")
 
     def _count(self, status: str) -> None:
@@ -184,14 +223,20 @@ class _Run:
             return
         w = torch.stack([f.w for f in ready])
         refs = torch.cat([f.extra["refs"]["id"] for f in ready])
-        staged = [self.folder.staging_path(f.item.payload["pseudonym"]) for f in ready]
+        suffix = ".png" if self.dicom is None else self.dicom.suffix
+        staged = [self.folder.staging_path(f.item.payload["pseudonym"], suffix) for f in ready]
+        writers = None if self.dicom is None else [
+            functools.partial(self.dicom.write, header=f.item.payload["header"], bits=f.item.payload["bits"])
+            for f in ready]
         results = write_and_check(self.engine.model, self.engine.e_id, w, [f.item.seed for f in ready], refs,
-                                  staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise)
+                                  staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise, writers)
         for f, g in zip(ready, results):
             p = f.item.payload
             if g.passed:
-                release(g.staged, self.folder.image_path(p["pseudonym"]), RELEASE_MTIME)
-                self.folder.record(self._row(f, "released", g.cos_saved, None), f.item.key)
+                final = self.folder.image_path(p["pseudonym"], suffix)
+                release(g.staged, final, RELEASE_MTIME)
+                self.folder.record({**self._row(f, "released", g.cos_saved, None), "image": f"images/{final.name}"},
+                                   f.item.key)
                 self._count("released")
                 continue
             g.staged.unlink(missing_ok=True)
@@ -223,13 +268,42 @@ class _Run:
         self.batch_steps = steps
 
 
+def _inside_output(dataset: ImageDataset, out: Path) -> set[int]:
+    """Indices of the records whose file lies inside the output folder: an output folder inside the input
+    folder must never feed its released images back in as new inputs (they would join the release)."""
+    root = getattr(dataset, "root", None)
+    out = out.resolve()
+    if root is None or not (out == Path(root).resolve() or out.is_relative_to(Path(root).resolve())):
+        return set()
+    return {j for j in range(len(dataset)) if dataset.path_of(j).resolve().is_relative_to(out)}
+
+
+def resolve_output_format(requested: str | None, dataset: ImageDataset, dicom: DicomPolicy | None = None) -> str:
+    """The released files' format: ``requested``, else the input's (a folder of DICOM files → "dicom", anything
+    else → "png"). DICOM header options with PNG output are an error, not silently ignored."""
+    if requested is not None and requested not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown output format {requested!r}; valid: {', '.join(OUTPUT_FORMATS)}")
+    from ..data.adapters.dicom import DicomFolder
+
+    is_dicom = isinstance(dataset, DicomFolder) or (
+        len(dataset) > 0 and all(Path(k).suffix.lower() in DICOM_SUFFIXES for k in dataset.keys()))
+    fmt = requested or ("dicom" if is_dicom else "png")
+    if fmt != "dicom" and dicom is not None:
+        raise ConfigError("--dicom-dates, --dicom-max-shift and --dicom-keep-sex-age set the released DICOM headers; "
+                          f"this run writes {fmt.upper()} (add --output-format dicom, or leave them out)")
+    return fmt
+
+
 def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Path, *,
                       checkpoints: str | Path = "checkpoints", device: str | torch.device | None = None,
                       resume: bool = False, shard: tuple[int, int] = (0, 1), limit: int | None = None,
-                      write_linkage: bool = False, progress: bool = True, engine: Engine | None = None) -> dict:
+                      write_linkage: bool = False, progress: bool = True, engine: Engine | None = None,
+                      output_format: str | None = None, dicom: DicomPolicy | None = None) -> dict:
     """Anonymize ``dataset`` into ``out`` (see ``outputs`` for the layout); returns the run summary.
 
     limit: the first ``limit`` records of this shard (in dataset order). resume: finish a killed run.
+    output_format: "png" or "dicom" (None: the input's, see ``resolve_output_format``); ``dicom`` sets the
+    released headers' date and patient-characteristics options (DICOM output only).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     engine = engine or load_engine(cfg, checkpoints, device)
@@ -239,20 +313,33 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
               "seed": cfg.seed, "input": {"dataset": type(dataset).__name__, "records": len(dataset),
                                           "findings": list(dataset.findings)}}
     result_config = {k: v for k, v in config_dict(cfg).items() if k in RESULT_FIELDS}
+    fmt = resolve_output_format(output_format, dataset, dicom)
+    if fmt == "dicom":  # a resumed run must write the same kind of files with the same header rules
+        policy = dicom or DicomPolicy()
+        record["output"] = result_config["output"] = {"format": fmt, "dicom": dataclasses.asdict(policy)}
     folder = RunFolder(out, record, result_config, resume, shard)
-    i, n = shard
-    keys = dataset.keys()
-    todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n)[:limit]]
-    todo = [t for t in todo if t[2] not in folder.done]
-    t0 = time.time()
-    run = _Run(cfg, engine, dataset, folder, todo, device, progress)
-    run.run()
-    seconds = time.time() - t0
-    processed = sum(run.counts.values())
-    summary = folder.finalize(list(dataset.findings), {
-        "this_call": {**run.counts, "seconds": round(seconds, 2),
-                      "images_per_second": round(processed / seconds, 4) if seconds > 0 else None,
-                      "batch_steps": run.batch_steps}}, linkage_keys=keys if write_linkage else None)
+    try:
+        getattr(dataset, "use_patient_key", lambda key: None)(folder.subkey("patient"))  # keyed PatientIDs
+        release_dicom = DicomRelease(folder.subkey("dicom"), policy) if fmt == "dicom" else None
+        i, n = shard
+        keys = dataset.keys()
+        inside = _inside_output(dataset, folder.root)
+        if inside:
+            log(None, f"skipped {len(inside)} input file(s) inside the output folder {folder.root} (a run never reads "
+                      "its own outputs)")
+        todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n) if j not in inside][:limit]
+        todo = [t for t in todo if t[2] not in folder.done]
+        t0 = time.time()
+        run = _Run(cfg, engine, dataset, folder, todo, device, progress, release_dicom)
+        run.run()
+        seconds = time.time() - t0
+        processed = sum(run.counts.values())
+        summary = folder.finalize(list(dataset.findings), {
+            "this_call": {**run.counts, "seconds": round(seconds, 2),
+                          "images_per_second": round(processed / seconds, 4) if seconds > 0 else None,
+                          "batch_steps": run.batch_steps}}, linkage_keys=keys if write_linkage else None)
+    finally:
+        folder.close()
     log(None, f"anonymized {processed} records in {seconds:.1f}s ({processed / max(seconds, 1e-9):.2f} img/s): "
               f"{run.counts['released']} released, {run.counts['withheld']} withheld, {run.counts['error']} errors; "
               f"in total {summary['released']} released, {summary['withheld']} withheld, {summary['error']} errors "

@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -72,6 +73,7 @@ class ImageDataset(Dataset):
     """
 
     has_masks: bool = False
+    max_pixels: int | None = None   # decoded pixels a file may have (None: preprocess.MAX_PIXELS)
 
     def __init__(self, root, keys: Sequence[str], patients: Sequence[str] | None, labels: np.ndarray | None,
                  findings: Sequence[str], *, masks: Sequence[str] | None = None,
@@ -116,6 +118,10 @@ class ImageDataset(Dataset):
         """(N, F) float32 label matrix (NaN = unknown), columns in ``findings`` order."""
         return self._labels.copy()
 
+    def use_patient_key(self, key: bytes) -> None:
+        """Key the patient ids this dataset derives from identifying data (DICOM PatientID) with ``key``.
+        An anonymization run hands its own secret; datasets whose ids are given as they are ignore it."""
+
     @property
     def channels(self) -> int:
         """Channels of ``sample["image"]``: the Preprocess's, the dataset's, or the first image's."""
@@ -154,7 +160,7 @@ class ImageDataset(Dataset):
         return self._image_path(int(index) % len(self))
 
     def _read_image(self, i: int) -> torch.Tensor:
-        return load_image(self._image_path(i))
+        return load_image(self._image_path(i), max_pixels=self.max_pixels)
 
     def _lookup_patient(self, i: int) -> str:
         return self._keys[i]
@@ -260,14 +266,23 @@ def _relative(root: Path, p: str, source: object) -> str:
 
 
 def _scan(root: Path, suffixes: Sequence[str]) -> list[str]:
-    """Relative POSIX paths of all files under root with one of ``suffixes`` (hidden ones skipped), sorted."""
+    """Relative POSIX paths of all files under root with one of ``suffixes``, sorted.
+
+    Hidden files (``.name.png``) are records like any other: the user put them there, and one that cannot be
+    read gets its error row instead of vanishing. Hidden folders (``.git``, ``.ipynb_checkpoints``, ...) hold
+    tool copies, not data: they are skipped, with a warning that says how many images they held."""
     suffixes = tuple(s.lower() for s in suffixes)
-    found = []
+    found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         base = Path(dirpath).relative_to(root)
-        found += [(base / f).as_posix() for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(suffixes)]
+        hidden = [d for d in dirnames if d.startswith(".")]
+        for d in hidden:
+            skipped += [f for _, _, files in os.walk(Path(dirpath) / d) for f in files if f.lower().endswith(suffixes)]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [(base / f).as_posix() for f in filenames if f.lower().endswith(suffixes)]
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} image file(s) inside hidden folders (names starting with "
+                      "'.'); move them out of the hidden folder to include them", stacklevel=3)
     return sorted(found)
 
 
@@ -285,10 +300,13 @@ def _numeric(table: pd.DataFrame, columns: Sequence[str], path: Path) -> np.ndar
     out = np.empty((len(table), len(columns)), np.float32)
     for j, c in enumerate(columns):
         col = table[c].str.strip().replace("", np.nan)
-        try:
-            out[:, j] = pd.to_numeric(col).to_numpy(np.float32)
-        except (ValueError, TypeError) as e:
-            raise InputError(f"{path}: finding column {c!r} must hold numbers (0/1, empty = unknown): {e}.") from e
+        values = pd.to_numeric(col, errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() & col.notna().to_numpy())
+        if len(bad):  # the line, not the value: a mistyped column may hold names or ids
+            raise InputError(f"{path}: finding column {c!r} must hold numbers (0/1, empty = unknown); line "
+                             f"{bad[0] + 2} does not ({len(bad)} such rows). Fix the file, or name the finding "
+                             "columns to read (--findings A,B) to leave text columns out.")
+        out[:, j] = values.to_numpy(np.float32)
     return out
 
 
@@ -323,16 +341,20 @@ class ImageFolder(ImageDataset):
         cols = list(table.columns)
         file_column = file_column or next((c for c in ("image", "file", "path", "filename") if c in cols), None)
         if file_column not in cols:
-            raise InputError(f"{csv}: no file column; expected one of image/file/path/filename (or pass "
-                             f"file_column=...), found columns {cols}.")
+            wanted = f"image column {file_column!r} not found" if file_column else \
+                "no image column (image, file, path or filename)"
+            raise InputError(f"{csv}: {wanted}; its columns are {cols}. Name the column that holds the image "
+                             "paths with --image-column (file_column=...).")
         patient_column = patient_column or next((c for c in ("patient", "patient_id") if c in cols), None)
         if patient_column is not None and patient_column not in cols:
-            raise InputError(f"{csv}: patient column {patient_column!r} not found; columns are {cols}.")
+            raise InputError(f"{csv}: patient column {patient_column!r} not found; its columns are {cols}. Pass "
+                             "--patient-column (patient_column=...) with one of them.")
         if findings is None:
             findings = [c for c in cols if c not in (file_column, patient_column)]
         missing = [f for f in findings if f not in cols]
         if missing:
-            raise InputError(f"{csv}: finding columns {missing} not found; columns are {cols}.")
+            raise InputError(f"{csv}: finding column {missing[0]!r} not found; its columns are {cols}. Pass "
+                             "--findings (findings=...) with some of them.")
         keys = [_relative(root, p, csv) for p in table[file_column]]
         patients = None
         if patient_column is not None:

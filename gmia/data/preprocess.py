@@ -17,7 +17,9 @@ Example::
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +34,7 @@ from gmia.errors import ConfigError, InputError
 __all__ = [
     "to_uint8", "to_uint16", "from_uint",
     "IMAGE_SUFFIXES", "DICOM_SUFFIXES",
-    "load_image", "save_image", "check_image", "source_bits",
+    "load_image", "save_image", "check_image", "source_bits", "regular_file", "check_pixel_count", "MAX_PIXELS",
     "to_channels", "resize", "square", "apply_geometry", "restore", "Geometry", "Preprocess",
 ]
 
@@ -40,6 +42,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 _SQUARE_MODES = ("pad", "crop", "stretch")
+# Decoded pixels an input may have (36 M: a 6000 × 6000 image; the largest radiographs are about 4300 × 3500).
+# Well below Pillow's own warning threshold (~89 M), and checked before decoding.
+MAX_PIXELS = 36_000_000
 
 
 def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -103,9 +108,14 @@ def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im)
 
 
-def _read_pillow(path: Path) -> torch.Tensor:
+def _read_pillow(path: Path, max_pixels: int) -> torch.Tensor:
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow's bomb warning: the size is checked here, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as im:
+            check_pixel_count(im.size[0] * im.size[1], max_pixels, path)  # before decoding: a tiny file can
+            # claim a huge canvas (a 1-bit PNG of 12 000² is 22 KB on disk and 144 M pixels decoded)
             if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation (phone photos): show it upright
                 from PIL import ImageOps
                 im = ImageOps.exif_transpose(im)
@@ -115,32 +125,61 @@ def _read_pillow(path: Path) -> torch.Tensor:
         raise
     except FileNotFoundError as e:
         raise InputError(f"image file not found: {path}. Check the dataset root and the file paths "
-                         "in its CSV.") from e
+                         "in its CSV.", reason="image file not found") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"cannot read image {path}: {e}. Expected a PNG, JPEG, TIFF or DICOM file; "
-                         "re-export the file or remove it from the dataset.") from e
+                         "re-export the file or remove it from the dataset.",
+                         reason="cannot read image: not a decodable PNG, JPEG, TIFF or DICOM file") from e
     x = torch.from_numpy(a) if a.dtype == np.float32 else from_uint(a)
     return x[None] if x.ndim == 2 else x.permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
 
 
-def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Tensor:
+def check_pixel_count(pixels: int, max_pixels: int | None, path: object) -> None:
+    """Refuse an image whose declared pixel count is above ``max_pixels``, before any pixel is decoded."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if pixels > limit:
+        raise InputError(f"{path}: the image declares {pixels:,} pixels, above the limit of {limit:,}; "
+                         "downscale it first, or raise the limit with --max-pixels if it is genuine.",
+                         reason=f"image too large (more than {limit:,} pixels)")
+
+
+def regular_file(path: Path) -> Path:
+    """``path`` if it is a regular file (symlinks followed); InputError otherwise.
+
+    Only regular files are opened: a FIFO named ``x.png`` would block the reader forever, and a device or a
+    socket is never an image."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"image file not found: {path}. Check the dataset root and the file paths in its CSV.",
+                         reason="image file not found") from None
+    except OSError as e:
+        raise InputError(f"cannot open {path}: {e.strerror}. Check its permissions.",
+                         reason="file not readable") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"expected an image file, found a folder: {path}.", reason="not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path} is not a regular file (a FIFO, device or socket); only regular image files are "
+                         "read. Remove it from the dataset.", reason="not a regular file")
+    return path
+
+
+def load_image(path: str | os.PathLike, channels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
     """Read one image file as float32 (C, H, W) in [0, 1].
 
     PNG (8/16-bit), JPEG, TIFF and BMP go through Pillow (16-bit → /65535, 8-bit → /255, alpha dropped,
     EXIF orientation applied); DICOM (``.dcm``/``.dicom`` or a ``DICM`` preamble) goes through
     :func:`gmia.data.adapters.dicom.read_dicom`. ``channels`` (1 or 3) converts gray ↔ RGB.
-    Raises :class:`InputError` naming the file when it is missing, unreadable or corrupt.
+    Only regular files are read, and an image declaring more than ``max_pixels`` (default ``MAX_PIXELS``) is
+    refused before decoding. Raises :class:`InputError` naming the file when it is missing, not a regular
+    file, too large, unreadable or corrupt.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"image file not found: {path}. Check the dataset root and the file paths in its CSV.")
-    if path.is_dir():
-        raise InputError(f"expected an image file, found a folder: {path}.")
+    path = regular_file(Path(path))
     if _is_dicom(path):
         from gmia.data.adapters.dicom import read_dicom  # lazy: pydicom is only needed for DICOM input
-        x = read_dicom(path)
+        x = read_dicom(path, max_pixels=max_pixels)
     else:
-        x = _read_pillow(path)
+        x = _read_pillow(path, max_pixels)
     if channels is not None and x.shape[0] != channels:
         x = to_channels(x, channels)
     return x
@@ -151,6 +190,8 @@ def source_bits(path: str | os.PathLike) -> int:
 
     Reads the header only. An unreadable file gives 8 (reading it properly reports the error)."""
     path = Path(path)
+    if not path.is_file():  # only regular files are opened (a FIFO would block)
+        return 8
     try:
         if _is_dicom(path):
             return 16

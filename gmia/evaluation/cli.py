@@ -10,6 +10,7 @@ import dataclasses
 
 import click
 
+from ..anonymization.cli import labels_columns, labels_options
 from ..config import PRESETS
 
 __all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "report_cmd", "COMMANDS"]
@@ -32,20 +33,21 @@ def _set_threads(threads):
 @click.command("evaluate")
 @_preset
 @click.option("--real", "real_dir", type=click.Path(file_okay=False, exists=True), required=True,
-              help="The real dataset the run anonymized (phantom or image folder).")
+              help="The real dataset the run anonymized (phantom folder, or your own folder with --labels).")
 @click.option("--anon", "anon_dir", type=click.Path(file_okay=False, exists=True), required=True,
               help="The anonymization run folder (needs private/linkage.csv: anonymize with --write-linkage).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Where metrics.json and figures go.")
 @_ckpt
 @click.option("--anon-train", type=click.Path(file_okay=False, exists=True), default=None,
               help="An anonymization run of TRAINING patients: enables the adaptive attacker and train-on-anonymized.")
+@labels_options
 @_boot
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N released images.")
 @click.option("--adaptive-epochs", type=int, default=None, help="Epochs of the adaptive attacker's retraining.")
 @_device
 @_threads
-def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, bootstrap, limit, adaptive_epochs,
-                 device, threads):
+def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, labels, image_column, patient_column,
+                 findings, bootstrap, limit, adaptive_epochs, device, threads):
     """Privacy (independent + adaptive attacker), control, utility, fidelity, record-level privacy."""
     from .evaluate import EvalConfig, evaluate
     from ..config import override
@@ -54,7 +56,8 @@ def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, boots
     cfg = EvalConfig()
     adaptive = override(cfg.adaptive, epochs=adaptive_epochs)
     cfg = dataclasses.replace(override(cfg, bootstrap=bootstrap, limit=limit), adaptive=adaptive)
-    evaluate(preset, real_dir, anon_dir, out, checkpoints=checkpoints, anon_train=anon_train, cfg=cfg, device=device)
+    evaluate(preset, real_dir, anon_dir, out, checkpoints=checkpoints, anon_train=anon_train, cfg=cfg, device=device,
+             labels=labels, **labels_columns(labels, image_column, patient_column, findings))
 
 
 @click.command("mia")

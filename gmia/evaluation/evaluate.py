@@ -215,9 +215,12 @@ def stage1_reconstructions(model, x: torch.Tensor, keys: list[str], run_config: 
 
 def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: str | Path, *,
              checkpoints: str | Path = "checkpoints", anon_train: str | Path | None = None,
-             cfg: EvalConfig = EvalConfig(), device: str | torch.device | None = None) -> dict:
+             cfg: EvalConfig = EvalConfig(), device: str | torch.device | None = None,
+             labels: str | Path | None = None, image_column: str | None = None, patient_column: str | None = None,
+             findings: list[str] | None = None) -> dict:
     """Evaluate the anonymized run ``anon_dir`` against the real dataset ``real_dir``; write ``out_dir``.
 
+    ``labels`` (and its columns) describe a real folder of your own, as given to ``gmia anonymize --labels``.
     Returns the metrics dict that is written to ``out_dir/metrics.json``.
     """
     # ---- set up: data, linkage, networks
@@ -225,7 +228,8 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
     p = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    real = open_images(real_dir, None, p.resolution, p.channels)
+    real = open_images(real_dir, None, p.resolution, p.channels, labels, image_column=image_column,
+                       patient_column=patient_column, findings=findings)
     anon = read_anonymized(anon_dir)
     if cfg.limit is not None:
         anon.pseudonyms, anon.sources = anon.pseudonyms[:cfg.limit], anon.sources[:cfg.limit]

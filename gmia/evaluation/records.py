@@ -39,9 +39,11 @@ class AnonymizedSet:
     manifest: list[dict]             # every manifest row (released, withheld, error)
     run: dict                        # run.json ({} if absent)
     unlinked: int = 0                # released images without a linkage row (not evaluable)
+    files: list[str] = field(default_factory=list)  # their file names in images/ (.png or .dcm), aligned
 
     def image_path(self, i: int) -> Path:
-        return self.root / "images" / f"{self.pseudonyms[i]}.png"
+        name = self.files[i] if i < len(self.files) else f"{self.pseudonyms[i]}.png"
+        return self.root / "images" / name
 
     def status_counts(self) -> dict[str, int]:
         counts = {"released": 0, "withheld": 0, "error": 0}
@@ -69,12 +71,14 @@ def read_anonymized(anon_dir: str | Path) -> AnonymizedSet:
     if rows and not {"source", "pseudonym"} <= set(rows[0]):
         raise InputError(f"{linkage_path}: expected columns source,pseudonym; found {list(rows[0])}")
     by_pseudonym = {r["pseudonym"]: r["source"] for r in rows}
-    released = sorted(r["pseudonym"] for r in manifest if r.get("status") == "released")
-    linked = [p for p in released if p in by_pseudonym and (root / "images" / f"{p}.png").is_file()]
+    names = {r["pseudonym"]: Path(r.get("image") or f"{r['pseudonym']}.png").name  # .png, or .dcm (DICOM output)
+             for r in manifest if r.get("status") == "released"}
+    released = sorted(names)
+    linked = [p for p in released if p in by_pseudonym and (root / "images" / names[p]).is_file()]
     if not linked:
         raise InputError(f"{root}: no released image has a linkage row and an image file; nothing to evaluate")
     return AnonymizedSet(root, linked, [by_pseudonym[p] for p in linked], manifest, run,
-                         unlinked=len(released) - len(linked))
+                         unlinked=len(released) - len(linked), files=[names[p] for p in linked])
 
 
 @dataclass

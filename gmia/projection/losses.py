@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet weights (the LPIPS-alex trunk)
+ALEXNET_SHA256_PREFIX = "7be5be79"         # ... the first digits of its sha256 (torchvision's naming rule)
 
 
 # ---- pure functions -------------------------------------------------------------------------------------------
@@ -134,6 +135,10 @@ class LpipsLoss(PerceptualLoss):
         if not path.is_file():
             raise CheckpointError(f"LPIPS backbone weights {path}: no such file; give torchvision's AlexNet "
                                   f"ImageNet weights ({ALEXNET_FILE})")
+        digest = sha256_file(path)
+        if not digest.startswith(ALEXNET_SHA256_PREFIX):  # torchvision names the file by its sha256's first digits
+            raise CheckpointError(f"{path}: sha256 {digest[:16]}... is not that of torchvision's AlexNet ImageNet "
+                                  f"weights ({ALEXNET_FILE}, sha256 {ALEXNET_SHA256_PREFIX}...); give that file")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a pickle with code, a truncated file, ...
@@ -156,7 +161,7 @@ class LpipsLoss(PerceptualLoss):
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: does not fit the LPIPS AlexNet trunk: {str(exc)[:300]}") from None
         self.model = model
-        self.source, self.sha256 = str(path), sha256_file(path)
+        self.source, self.sha256 = str(path), digest
         self.freeze()
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from gmia.checkpoints import load_module, sha256_file
-from gmia.data.datasets import ImageDataset, ImageFolder, PhantomFolder
+from gmia.data.datasets import ImageDataset, PhantomFolder
 from gmia.data.preprocess import Preprocess, save_image
-from gmia.errors import CheckpointError, InputError
+from gmia.errors import CheckpointError, ConfigError, InputError
 from gmia.runs import atomic_write_json, log
 
 from .config import ProjectionConfig
@@ -54,11 +54,16 @@ def is_phantom_folder(root: str | Path) -> bool:
     return (Path(root) / "phantom.json").is_file()
 
 
-def open_images(root: str | Path, split: str | None, resolution: int, channels: int) -> ImageDataset:
+def open_images(root: str | Path, split: str | None, resolution: int, channels: int, labels=None, *,
+                image_column: str | None = None, patient_column: str | None = None, findings=None) -> ImageDataset:
     """A phantom folder (``phantom.json`` present; ``split`` selects rows) or any image folder, as
-    (channels, resolution, resolution) images in [0, 1]."""
+    (channels, resolution, resolution) images in [0, 1]. A plain folder may come with a ``labels`` CSV
+    (see :func:`gmia.data.registry.open_folder`); a folder of DICOM files groups patients by PatientID."""
     root = Path(root)
     prep = Preprocess(size=resolution, channels=channels)
+    if labels is not None and is_phantom_folder(root):
+        raise ConfigError(f"{root} is a phantom folder: its labels come from its metadata.csv; leave --labels "
+                          "unset (--labels is for a folder of your own images)")
     if is_phantom_folder(root):
         ds = PhantomFolder(root, split=split)
         if ds.channels != channels or int(ds.card.get("size", resolution)) != resolution:
@@ -67,7 +72,10 @@ def open_images(root: str | Path, split: str | None, resolution: int, channels: 
     if split is not None:
         raise InputError(f"{root}: --split {split!r} needs a phantom folder (phantom.json); this is a plain image "
                          "folder, so leave --split unset")
-    return ImageFolder(root, preprocess=prep)
+    from gmia.data.registry import open_folder
+
+    return open_folder(root, labels, image_column=image_column, patient_column=patient_column, findings=findings,
+                       preprocess=prep)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------

@@ -247,17 +247,29 @@ def test_dicom_through_load_image_and_errors(tmp_path):
         read_dicom(tmp_path / "bad.dcm")
 
 
-def test_dicom_folder_groups_patients_by_pseudonym(tmp_path):
+def test_dicom_folder_groups_patients_by_keyed_pseudonym(tmp_path):
+    import hashlib
+
     root = tmp_path / "dcm"
     write_dicom(root / "a" / "1.dcm", RAW, patient="MRN-7")
     write_dicom(root / "a" / "2.dcm", RAW, patient="MRN-7")
     write_dicom(root / "b" / "3.dcm", RAW, patient=None)
+    write_dicom(root / "b" / "4.dcm", RAW, patient="MRN-8")
     ds = DicomFolder(root, preprocess=Preprocess(size=4))
-    assert ds.keys() == ["a/1.dcm", "a/2.dcm", "b/3.dcm"]
+    assert ds.keys() == ["a/1.dcm", "a/2.dcm", "b/3.dcm", "b/4.dcm"]
     pats = ds.patients()
-    assert pats[0] == pats[1] == patient_pseudonym("MRN-7") and "MRN-7" not in pats[0] and pats[2] == "b/3.dcm"
+    assert pats[0] == pats[1] != pats[3] and "MRN-7" not in pats[0] and pats[2] == "b/3.dcm"
+    unsalted = hashlib.sha256(b"MRN-7").hexdigest()
+    assert pats[0][4:] not in unsalted                                  # not an unsalted hash of the id
+    assert DicomFolder(root).patients()[0] != pats[0]                   # no key given: random per dataset object
+    ds.use_patient_key(b"k" * 32)
+    keyed = ds.patients()
+    assert keyed[0] == keyed[1] == patient_pseudonym("MRN-7", b"k" * 32) != pats[0]
+    other = DicomFolder(root)
+    other.use_patient_key(b"k" * 32)
+    assert other.patients() == keyed                                    # same key: same pseudonyms (resume, shards)
     s = ds[0]
-    assert s["image"].shape == (1, 4, 4) and s["patient"] == pats[0]
+    assert s["image"].shape == (1, 4, 4) and s["patient"] == keyed[0]
 
 
 def test_registry():

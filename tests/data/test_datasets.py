@@ -178,8 +178,8 @@ def test_image_folder_with_labels_csv(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    ("name,nodule\nx.png,1\n", r"labels\.csv: no file column"),
-    ("file,nodule\nx.png,yes\n", r"labels\.csv: finding column 'nodule' must hold numbers"),
+    ("name,nodule\nx.png,1\n", r"labels\.csv: no image column .*--image-column"),
+    ("file,nodule\nx.png,1\nz.png,yes\n", r"labels\.csv: finding column 'nodule' must hold numbers .*line 3"),
     ("file,nodule\nx.png,1\nx.png,0\n", r"labels\.csv: image 'x.png' is listed 2 times"),
     ("file,nodule\n../../etc/passwd,1\n", "outside the dataset root"),
 ])

@@ -70,18 +70,22 @@ def test_missing_perceptual_weights_say_what_to_provide(tmp_path, monkeypatch):
         L.LpipsLoss(tmp_path / "missing.pth")
 
 
-def test_lpips_uses_a_local_trunk_file(tmp_path):
+def test_lpips_uses_a_local_trunk_file(tmp_path, monkeypatch):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     features = torchvision.models.alexnet(weights=None).features  # stands in for the ImageNet file's tensors
     path = tmp_path / L.ALEXNET_FILE
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    with pytest.raises(CheckpointError, match="is not that of torchvision's AlexNet"):
+        L.LpipsLoss(path)                        # another file under the official name is refused by its hash
+    monkeypatch.setattr(L, "ALEXNET_SHA256_PREFIX", L.sha256_file(path)[:8])  # accept this stand-in
     loss = L.LpipsLoss(path)
     assert torch.equal(loss.model.net.slice1[0].weight, features[0].weight)
     x = torch.rand(2, 1, 32, 32)
     d = loss(x.flip(-1), x)
     assert d.shape == (2,) and (d > 0).all() and float(loss(x, x).abs().max()) < 1e-6
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    monkeypatch.setattr(L, "ALEXNET_SHA256_PREFIX", L.sha256_file(tmp_path / "bad.pth")[:8])
     with pytest.raises(CheckpointError, match="missing features"):
         L.LpipsLoss(tmp_path / "bad.pth")
 

@@ -21,7 +21,7 @@ from torch import nn
 from .discriminator import Discriminator
 from .generator import ARCHITECTURES, Generator
 from .gmia_model import Encoder, ESModel
-from .legacy_pickle import EasyDictStub, LegacyFormatError, PersistentNode
+from .legacy_pickle import LIMITS, EasyDictStub, LegacyFormatError, PersistentNode
 from .ops import ACTIVATIONS
 
 __all__ = ["REBUILDABLE", "ImportedNetwork", "flatten_state", "rebuild_network", "to_plain"]
@@ -45,7 +45,9 @@ Check = Callable[[Any, str], Any]  # (value, dotted path) -> normalised value, o
 
 
 def _bad(path: str, value: Any, expected: str) -> LegacyFormatError:
-    return LegacyFormatError(f"constructor argument {path} = {value!r}: expected {expected}")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:80] + "..."
+    return LegacyFormatError(f"constructor argument {path} = {shown}: expected {expected}")
 
 
 def _int(lo: int, hi: int, optional: bool = False) -> Check:
@@ -120,14 +122,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def to_plain(value: Any, path: str) -> Any:
-    """EasyDict stubs / OrderedDicts -> dict, tuples -> list, numpy scalars -> Python; anything else refused."""
+def to_plain(value: Any, path: str, depth: int = 0) -> Any:
+    """EasyDict stubs / OrderedDicts -> dict, tuples -> list, numpy scalars -> Python; anything else refused.
+    Nesting is bounded (records from ``legacy_pickle`` are trees of bounded size already)."""
+    if depth > LIMITS["depth"]:
+        raise LegacyFormatError(f"{path}: nested more than {LIMITS['depth']} levels deep")
     if isinstance(value, (dict, EasyDictStub, OrderedDict)):
         if not all(isinstance(k, str) for k in value):
             raise LegacyFormatError(f"{path}: dictionary keys must be strings")
-        return {k: to_plain(v, f"{path}.{k}") for k, v in value.items()}
+        return {k: to_plain(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [to_plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         return value.item()
     if value is None or type(value) in (bool, int, float, str):

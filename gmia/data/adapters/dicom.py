@@ -4,14 +4,18 @@ The display pipeline follows the standard: Modality LUT (or Rescale Slope/Interc
 Window Center/Width), then MONOCHROME1 inversion (low values are white), then scaling to [0, 1]. With a VOI
 the output range of the VOI decides the scale; without one, the image's own min..max does (what viewers do).
 
-Patient ids come from the PatientID tag and are only used to group records for patient splits; the sample
-carries a pseudonym (``pid-`` + 16 hex digits of its SHA-256), never the tag itself.
+Patient ids come from the PatientID tag and are only used to group records; the sample carries a keyed
+pseudonym (``pid-`` + 16 hex digits of HMAC-SHA256(key, PatientID)), never the tag itself nor an unsalted hash
+of it. An anonymization run keys it with its own secret (``use_patient_key``); otherwise the key is random per
+dataset object. De-identified DICOM output: ``dicom_deid``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 
 from gmia.data.datasets import ImageFolder
-from gmia.data.preprocess import DICOM_SUFFIXES, Preprocess
+from gmia.data.preprocess import DICOM_SUFFIXES, Preprocess, check_pixel_count
 from gmia.errors import InputError
 
 __all__ = ["read_dicom", "dicom_to_tensor", "patient_pseudonym", "DicomFolder"]
@@ -34,9 +38,15 @@ def _dcmread(path: Path, **kw):
     try:
         return pydicom.dcmread(path, **kw)
     except FileNotFoundError as e:
-        raise InputError(f"DICOM file not found: {path}. Check the dataset root.") from e
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"cannot read DICOM {path}: {e}. {_FIX}") from e
+        raise InputError(f"DICOM file not found: {path}. Check the dataset root.", reason="file not found") from e
+    except Exception as e:  # noqa: BLE001 - a malformed file raises many kinds of pydicom/struct errors
+        raise _malformed(path, e) from e
+
+
+def _malformed(path, e: Exception) -> InputError:
+    text = " ".join(str(e).split())[:300]  # one line: pydicom's messages can span several
+    return InputError(f"cannot read DICOM {path}: {type(e).__name__}: {text}. {_FIX}",
+                      reason="cannot read DICOM: malformed or unsupported file")
 
 
 def _voi_range(ds) -> tuple[float, float] | None:
@@ -56,15 +66,16 @@ def dicom_to_tensor(ds, path: os.PathLike | str = "<dicom>") -> torch.Tensor:
 
     if "PixelData" not in ds:
         raise InputError(f"{path}: the DICOM file has no pixel data; expected an image. {_FIX}")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:  # refused before decoding: a cine loop or a tomosynthesis stack is not one radiograph
+        raise InputError(f"{path}: multi-frame DICOM ({frames} frames); expected one 2-D image. Split it first.",
+                         reason=f"multi-frame DICOM ({frames} frames): one 2-D image per file is supported")
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises a variety of errors for missing decoders or broken data
         raise InputError(f"cannot decode pixels of {path}: {e}. If it is compressed, decompress it first "
                          "(e.g. `gdcmconv --raw`), or install a pydicom pixel-data plugin.") from e
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if frames > 1:
-        raise InputError(f"{path}: multi-frame DICOM ({frames} frames); expected one 2-D image. Split it first.")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise InputError(f"{path}: unsupported photometric interpretation {photometric}; expected "
@@ -90,15 +101,26 @@ def dicom_to_tensor(ds, path: os.PathLike | str = "<dicom>") -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))[None]
 
 
-def read_dicom(path: os.PathLike | str) -> torch.Tensor:
-    """Read one DICOM file as (1, H, W) float32 in [0, 1] ((3, H, W) for colour); InputError names the file."""
+def read_dicom(path: os.PathLike | str, max_pixels: int | None = None) -> torch.Tensor:
+    """Read one DICOM file as (1, H, W) float32 in [0, 1] ((3, H, W) for colour); InputError names the file.
+
+    The declared size (Rows × Columns × frames) is checked against ``max_pixels`` before pixels are decoded."""
     path = Path(path)
-    return dicom_to_tensor(_dcmread(path), path)
+    ds = _dcmread(path)
+    try:  # pydicom parses elements lazily: a malformed one raises its own error types on first access
+        pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        check_pixel_count(pixels, max_pixels, path)
+        return dicom_to_tensor(ds, path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _malformed(path, e) from e
 
 
-def patient_pseudonym(patient_id: str) -> str:
-    """A stable stand-in for a PatientID: groups a patient's files without carrying the id itself."""
-    return "pid-" + hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:16]
+def patient_pseudonym(patient_id: str, key: bytes) -> str:
+    """A stand-in for a PatientID: ``pid-`` + 16 hex digits of HMAC-SHA256(key, PatientID). It groups a
+    patient's files; without the key it can neither be recomputed from a known id nor linked across runs."""
+    return "pid-" + hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
 class DicomFolder(ImageFolder):
@@ -116,8 +138,18 @@ class DicomFolder(ImageFolder):
                  preprocess: Preprocess | None = None, channels: int | None = 1):
         super().__init__(root, labels_csv, findings=findings, file_column=file_column,
                          patient_column=patient_column, preprocess=preprocess, channels=channels)
+        self._patients_from_tags = self._patients is None  # a CSV patient column overrides the tags
+        self._patient_key = secrets.token_bytes(32)
+
+    def use_patient_key(self, key: bytes) -> None:
+        """Key the PatientID pseudonyms with ``key`` (an anonymization run hands its own, so that they are the
+        same on every resume and shard). Until then a random key of this dataset object is used: patients group
+        correctly within the process, and nothing derived from a PatientID is reproducible outside it."""
+        self._patient_key = bytes(key)
+        if self._patients_from_tags:
+            self._patients = None  # recomputed from the headers under the new key
 
     def _lookup_patient(self, i: int) -> str:
         ds = _dcmread(self._image_path(i), stop_before_pixels=True, specific_tags=["PatientID"])
         pid = str(ds.get("PatientID", "") or "").strip()
-        return patient_pseudonym(pid) if pid else self._keys[i]
+        return patient_pseudonym(pid, self._patient_key) if pid else self._keys[i]
