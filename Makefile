@@ -14,7 +14,7 @@ PRIVACY   ?= high
 OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)
 LIMIT     ?= 64
 
-.PHONY: install test test-fast check-report anonymize evaluate mia phantom-data train-phantom bench clean
+.PHONY: install test test-fast check-report anonymize evaluate mia phantom-data train-phantom train bench clean
 
 install: $(STAMP)
 
@@ -91,62 +91,52 @@ EVAL_TRAIN ?= 400
 EVAL_PRESET := $(if $(filter phantom-face,$(DATASET)),phantom-face64,phantom-cxr64)
 EVAL_OUT    := outputs/eval/$(EVAL_PRESET)
 evaluate: data/$(EVAL_PRESET)/phantom.json
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) --quiet
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split train --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-train-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) --quiet
-	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(PRIVACY) --anon-train $(EVAL_OUT)/anon-train-$(PRIVACY) --out $(EVAL_OUT)/metrics-$(PRIVACY)
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) --quiet
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split train --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-train-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) --quiet
+	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(PRIVACY) --anon-train $(EVAL_OUT)/anon-train-$(PRIVACY) --out $(EVAL_OUT)/metrics-$(PRIVACY) $(ANON_THREADS)
 	$(GMIA) report $(EVAL_OUT)/metrics-$(PRIVACY)
 
 mia: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) mia --preset $(EVAL_PRESET) --members data/$(EVAL_PRESET) --nonmembers data/$(EVAL_PRESET) --latent-fit data/$(EVAL_PRESET) --out outputs/mia/$(EVAL_PRESET)
 
 # ---- the shipped weights ------------------------------------------------------------------------------
-# Reproduces checkpoints/phantom-*/ (hours on a CPU; see each card for the exact commands, times and hardware).
-# Order matters: the decoupler is fitted on the MFM's features; the stage-1 acceptance table (written into the
-# aegan card) uses the attacker and the utility network. THREADS=1 is fastest on a shared CPU.
-THREADS ?= 2
-# Stage 1 in three phases: co-training with D (the preset's kimg), then a fidelity fine-tune of E and G alone
-# (pixel MSE + 1 - SSIM, no GAN term, D skipped) from the co-trained weights. Refined projection: W+, SSIM term.
-# The shipped fine-tune ran 880 kimg in four legs (60 at batch 16 on the CPU; 110 at batch 16, 440 and 270 at
-# batch 64 on an H100 with experiments/gpu_finetune_stage1.sh; the chain is in each aegan card under init_from).
-# Here it is one leg: about 16 min per preset on an H100 (two presets side by side), roughly 9 h per preset on
-# a 2-core CPU (about 37 s/kimg); lower AEGAN_FT_KIMG there for a shorter run.
-# Phase 3: the encoder alone (G frozen) for AEGAN_EFT_KIMG_CXR or _FACE, half of each batch drawn as G(w) from the latent
-# prior, so E learns to invert G rather than memorize the 700 training patients (test SSIM up, train/test gap
-# down; the shipped weights: 60 kimg chest, 220 kimg face, on the CPU at ~33 s/kimg).
-# Phase 4, chest only: E (grown to 256 channels) and G on 16 000 new phantom patients, three legs of about 270 kimg
-# at batch 64 (experiments/pool_finetune_stage1.sh; the shipped legs ran on an H100). This is what brought the
-# chest encoder to SSIM 0.80 on held-out patients; the face encoder passed without it.
-AEGAN_FT_KIMG ?= 880
-AEGAN_EFT_KIMG_CXR ?= 60
-AEGAN_EFT_KIMG_FACE ?= 220
-AEGAN_FT_BATCH ?= 64
-DEVICE ?=
-# the card's refined row: 400 steps at lr 0.05 (faces); the pool-trained chest G needs 600 at lr 0.1 (README)
-STAGE1_REFINE ?= --refine-space w+ --lambda-ssim 1 --limit 200
-STAGE1_REFINE_CXR ?= --refine-steps 600 --refine-lr 0.1
-STAGE1_REFINE_FACE ?= --refine-steps 400 --refine-lr 0.05
+# make train-phantom: reproduces checkpoints/phantom-*/ with `gmia fit` on the phantom folders. The recipe is data
+# (gmia/fit/recipe.py, `gmia fit --preset P --dry-run` lists it): the four scoring networks, the decoupler, stage 1
+# in the legs its aegan card records (co-training; a fidelity fine-tune in four legs, 880 kimg; the encoder
+# fine-tune on its latent prior; for the chest preset E grown and G on a pool of 16 000 new phantom patients, 818
+# kimg), the latent prior and the stage-1 report. Each stage resumes and is skipped once its card carries its key,
+# so rerunning finishes or does nothing. About a day per preset on a 2-core CPU (stage 1 at ~37 s/kimg on one
+# core); DEVICE=cuda trains on a GPU (the legs the cards record ran at 1.0-1.6 s/kimg on an H100); THREADS=1 is
+# fastest on a shared CPU. Run folders and caches go to FIT_ROOT/<preset>/ (the chest pool: 64 000 images); the
+# weights and cards are then copied into checkpoints/<preset>/.
+THREADS  ?= 2
+DEVICE   ?=
+FIT_ROOT ?= runs/fit
+FIT_MACHINE = --threads $(THREADS) $(if $(DEVICE),--device $(DEVICE))
 train-phantom: phantom-data
 	@for p in phantom-cxr64 phantom-face64; do \
-	  for role in mfm identity utility attacker; do \
-	    $(GMIA) train $$role --preset $$p --threads $(THREADS) --quiet || exit 1; \
+	  $(GMIA) fit --preset $$p --input data/$$p --out $(FIT_ROOT)/$$p $(FIT_MACHINE) --quiet || exit 1; \
+	  for n in identity utility mfm attacker decoupler aegan latent-prior; do \
+	    cp $(FIT_ROOT)/$$p/$$n.safetensors $(FIT_ROOT)/$$p/$$n.json checkpoints/$$p/ || exit 1; \
 	  done; \
-	  $(GMIA) fit-decoupler --preset $$p --data data/$$p --out checkpoints/$$p || exit 1; \
-	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p --resume --quiet || exit 1; \
-	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p-ft --resume --quiet \
-	    --init-from runs/aegan-$$p/checkpoint --lambda-gan 0 --lambda-ssim 1 --kimg $(AEGAN_FT_KIMG) \
-	    --batch $(AEGAN_FT_BATCH) $(if $(DEVICE),--device $(DEVICE)) || exit 1; \
-	  $(GMIA) fit-prior --preset $$p --data data/$$p --checkpoint runs/aegan-$$p-ft/checkpoint || exit 1; \
-	  case $$p in *cxr*) eft=$(AEGAN_EFT_KIMG_CXR);; *) eft=$(AEGAN_EFT_KIMG_FACE);; esac; \
-	  $(GMIA) train aegan --preset $$p --threads $(THREADS) --out runs/aegan-$$p-eft --resume --quiet \
-	    --init-from runs/aegan-$$p-ft/checkpoint --lambda-gan 0 --lambda-ssim 1 --freeze-generator \
-	    --synthetic-fraction 0.5 --kimg $$eft $(if $(DEVICE),--device $(DEVICE)) || exit 1; \
-	  cp runs/aegan-$$p-eft/checkpoint/aegan.* checkpoints/$$p/ || exit 1; \
-	  case $$p in *cxr*) PY=$(PY) DEVICE=$(DEVICE) experiments/pool_finetune_stage1.sh runs/aegan-$$p-eft/checkpoint \
-	    runs/aegan-$$p-pool && cp runs/aegan-$$p-pool/pool3/checkpoint/aegan.* checkpoints/$$p/ || exit 1;; esac; \
-	  $(GMIA) fit-prior --preset $$p --data data/$$p || exit 1; \
-	  case $$p in *cxr*) refine="$(STAGE1_REFINE_CXR)";; *) refine="$(STAGE1_REFINE_FACE)";; esac; \
-	  $(PY) experiments/eval_stage1.py --preset $$p --threads $(THREADS) $(STAGE1_REFINE) $$refine --update-card || exit 1; \
 	done
+
+# ---- your own data ---------------------------------------------------------------------------------------------
+# make train DATASET=mimic DATA_ROOT=/data/mimic-cxr-jpg OUT=/models/mimic     (also chexpert, nih)
+# make train DATASET=folder DATA_ROOT=/data/mine LABELS=/data/mine/findings.csv OUT=/models/mine
+#                                     (IMAGE_COLUMN=, PATIENT_COLUMN=, FINDINGS=a,b name the CSV's columns)
+# make train DATASET=dicom DATA_ROOT=/data/archive LABELS=... OUT=/models/archive
+# trains every network of PRESET (default gmia-cxr256) into OUT with `gmia fit`; then
+# make anonymize DATASET=... DATA_ROOT=... CKPT=/models/mimic. Rerun to resume. FIT_FLAGS= passes more options
+# (e.g. FIT_FLAGS="--set aegan.kimg=2000"); `gmia fit --dry-run` lists the stages.
+TRAIN_PRESET := $(or $(PRESET),gmia-cxr256)
+TRAIN_LABELS  = $(if $(LABELS),--labels "$(LABELS)") $(if $(IMAGE_COLUMN),--image-column "$(IMAGE_COLUMN)") \
+                $(if $(PATIENT_COLUMN),--patient-column "$(PATIENT_COLUMN)") $(if $(FINDINGS),--findings "$(FINDINGS)")
+train: install
+	@test "$(filter phantom%,$(DATASET))" = "" || { echo "make train is for your own data (DATASET=mimic|chexpert|nih|folder|dicom); the phantom weights: make train-phantom" >&2; exit 2; }
+	@test -n "$(DATA_ROOT)" || { echo "make train DATASET=$(DATASET) needs DATA_ROOT=<folder of the dataset>; see README.md, 'Train on your own data'." >&2; exit 2; }
+	@test "$(filter command line environment,$(origin OUT))" != "" || { echo "make train needs OUT=<checkpoint folder to fill> (then: make anonymize ... CKPT=<that folder>)" >&2; exit 2; }
+	$(GMIA) fit --preset $(TRAIN_PRESET) --dataset $(DATASET) --data-root "$(DATA_ROOT)" $(TRAIN_LABELS) --out "$(OUT)" $(ANON_THREADS) $(if $(DEVICE),--device $(DEVICE)) $(FIT_FLAGS)
 
 # ---- benchmarks -------------------------------------------------------------------------------------
 bench: install

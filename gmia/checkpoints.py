@@ -142,7 +142,8 @@ def save_module(
     path_dir.mkdir(parents=True, exist_ok=True)
     weights = path_dir / f"{name}.safetensors"
     tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "gmia_format": FORMAT})
+    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors writes several in random order,
+    # and the same weights must give the same bytes (the card's sha256 says whether a stage's result changed)
     os.chmod(tmp, 0o644)  # the writer may create 0600 files; checkpoints are ordinary, shareable files
     os.replace(tmp, weights)
     card = json.loads(card_text)

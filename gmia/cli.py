@@ -91,6 +91,7 @@ def _register_subcommands() -> None:
     from .decoupling.cli import fit_decoupler_command
     from .evaluation.cli import COMMANDS as evaluation_commands
     from .cli_train import train
+    from .fit.cli import fit_command, import_weights_command
     from .projection.cli import aegan, fit_prior_command, project
 
     train.add_command(aegan)
@@ -99,6 +100,8 @@ def _register_subcommands() -> None:
     cli.add_command(anonymize)
     cli.add_command(fit_decoupler_command)
     cli.add_command(fit_prior_command)
+    cli.add_command(fit_command)
+    cli.add_command(import_weights_command)
     for command in evaluation_commands:
         cli.add_command(command)
 

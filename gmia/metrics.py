@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 __all__ = [
     "cosine_matrix", "verification_scores", "verification_auc", "eer", "rank_k",
-    "per_finding_auroc", "macro_auroc", "dice", "bootstrap_ci", "probe_identity", "probe_findings",
+    "per_finding_auroc", "macro_auroc", "dice", "bootstrap_ci", "probe_identity", "probe_findings", "fit_lda",
 ]
 
 
@@ -83,8 +83,8 @@ def verification_scores(emb, ids, exclude=None, max_pairs: int | None = None,
 
 def _auc(labels, scores) -> float:
     labels = _np(labels)
-    if labels.min(initial=1) == labels.max(initial=0):
-        return float("nan")  # one class only: AUC undefined
+    if labels.size == 0 or labels.min() == labels.max():
+        return float("nan")  # no pair, or one class only: AUC undefined
     return float(roc_auc_score(labels, _np(scores)))
 
 
@@ -233,11 +233,18 @@ def probe_identity(train_feats, train_ids, test_feats, test_ids, exclude=None,
     n_ids = int((counts >= 2).sum())
     if n_ids < 2:
         raise ValueError(f"probe_identity: need at least 2 training identities with 2+ samples; got {n_ids}")
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
-                                     n_components=min(max_dim, n_ids - 1, xtr.shape[1]))
-    lda.fit(xtr[keep], ids[keep])
+    lda = fit_lda(xtr[keep], ids[keep], min(max_dim, n_ids - 1, xtr.shape[1]))
     return {"probe_auc": verification_auc(lda.transform(xte), test_ids, exclude=exclude),
             "raw_auc": verification_auc(xte, test_ids, exclude=exclude)}
+
+
+def fit_lda(x, ids, n_components: int) -> LinearDiscriminantAnalysis:
+    """LDA (eigen solver) with Ledoit-Wolf shrinkage; where that estimate of the within-class scatter is still
+    singular (few images per patient, more dimensions than images), with a fixed shrinkage of 0.5."""
+    try:
+        return LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto", n_components=n_components).fit(x, ids)
+    except np.linalg.LinAlgError:
+        return LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.5, n_components=n_components).fit(x, ids)
 
 
 def probe_findings(train_feats, train_y, test_feats, test_y, c: float = 1.0,
@@ -252,7 +259,7 @@ def probe_findings(train_feats, train_y, test_feats, test_y, c: float = 1.0,
     for f in range(ytr.shape[1]):
         known = ~np.isnan(ytr[:, f])
         yk = ytr[known, f] > 0.5
-        if yk.min() == yk.max():
+        if yk.size == 0 or yk.min() == yk.max():  # no known label, or one class only: nothing to learn
             scores[:, f] = 0.0
             continue
         clf = LogisticRegression(C=c, max_iter=2000).fit(xtr[known], yk)

@@ -40,7 +40,8 @@ def environment() -> dict:
     return {
         "gmia": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "git_sha": _git_sha(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+        f"cpu, {torch.get_num_threads()} threads ({os.cpu_count()} cores)",  # the threads this run uses
         "argv": sys.argv,
     }
 

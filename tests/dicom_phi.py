@@ -124,9 +124,14 @@ def identifying_strings(path: Path) -> set[str]:
 
 
 def leaks(root: Path, strings: set[str]) -> list[tuple[str, str]]:
-    """(file, string) for every string found in a file (or a file name) under ``root``, ``private/`` excepted."""
+    """(file, string) for every string found in a file (or a file name) under ``root``, ``private/`` excepted.
+
+    In file names a short string (a source name like ``c1.dcm``) counts when it is a whole path component: as a
+    substring it would also match a random pseudonym that happens to end in ``...c1.dcm``."""
     hits = []
     for f in sorted(p for p in Path(root).rglob("*") if p.is_file() and "private" not in p.relative_to(root).parts):
-        blob = f.read_bytes() + str(f.relative_to(root)).encode()
-        hits += [(str(f.relative_to(root)), s) for s in strings if s.encode("latin-1") in blob]
+        rel = f.relative_to(root)
+        blob, name, parts = f.read_bytes(), str(rel), {*rel.parts, *(Path(q).stem for q in rel.parts)}
+        hits += [(name, s) for s in strings
+                 if s.encode("latin-1") in blob or (s in name if len(s) >= 8 else s in parts or s == name)]
     return hits

@@ -113,8 +113,9 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               help="Steps without a utility gain before a private image stops (0: stop at the hinge, fastest).")
 @click.option("--refine-steps", type=int, default=None, help="Projection refinement steps for w_0 (0: E(x) only).")
 @click.option("--speed", type=click.Choice(list(SPEED_PROFILES)), default=None,
-              help="quality (default): refined start, utility polish after the hinge. fast: stop at the hinge from "
-                   "E(x), lr 0.1, bf16 where the hardware has it (flags below still win).")
+              help="quality (default): the preset's settings (surrogate pull, utility polish after the hinge). "
+                   "fast: stop at the hinge from E(x), no surrogate, lr 0.1, bf16 where the hardware has it "
+                   "(flags still win).")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default=None,
               help="Optimization precision (auto: bf16 on CUDA, fp32 on CPU; auto-bf16: also bf16 on CPUs with "
                    "native bf16); the privacy gate is always fp32.")
@@ -162,13 +163,15 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
                            seed=seed)
     shard_t = parse_shard(shard)
+    # opened before --dry-run returns, so that a dry run also checks the input (its index: no image is read)
+    data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)
+    data.max_pixels = max_pixels
     if dry_run:
-        click.echo(json.dumps({"out": out, "shard": shard_t, "limit": limit, "config": config_dict(cfg)}, indent=2))
+        click.echo(json.dumps({"out": out, "shard": shard_t, "limit": limit, "config": config_dict(cfg),
+                               "input": {"records": len(data), "findings": list(data.findings)}}, indent=2))
         return
     if threads:
         torch.set_num_threads(threads)
-    data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)
-    data.max_pixels = max_pixels
     summary = anonymize_dataset(cfg, data, out, checkpoints=checkpoints, device=device, resume=resume,
                                 shard=shard_t, limit=limit, write_linkage=write_linkage, progress=not quiet,
                                 output_format=output_format,

@@ -47,7 +47,8 @@ class RunFolder:
         self.root = Path(out)
         self.images = self.root / "images"
         self.private = self.root / "private"
-        self.staging = self.private / "staging"   # saved here, checked by the gate, then moved to images/
+        # saved here, checked by the gate, then moved to images/; one folder per shard, removed when the shard ends
+        self.staging = self.private / f"staging-{shard[0]}-of-{shard[1]}"
         self.shard = shard
         run_json = self.root / "run.json"
         if run_json.exists():
@@ -78,7 +79,12 @@ class RunFolder:
         self.done = {row["pseudonym"] for row in self.read_journal()}
 
     def close(self) -> None:
-        """Release the run folder's lock (also released by the OS when the process dies)."""
+        """Remove this shard's staging folder if it is empty, and release the lock (the OS releases it too when
+        the process dies). A file left in staging by a kill is redone on --resume."""
+        try:
+            self.staging.rmdir()
+        except OSError:  # not empty (a killed write), or never made
+            pass
         self._lock.release()
 
     # ---- identity of a record -----------------------------------------------------------------------------

@@ -76,9 +76,10 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     """Load ``<checkpoints>/<preset>/{aegan,identity,utility}`` and build the stage-2 objective."""
     folder = networks.checkpoint_dir(cfg.preset, checkpoints)
     if not (folder / "aegan.json").is_file():
-        raise CheckpointError(f"no stage-1 model for preset {cfg.preset!r}: expected {folder / 'aegan.safetensors'} "
-                              f"and aegan.json. Train it with `gmia train aegan --preset {cfg.preset} --out RUN` and "
-                              f"copy RUN/checkpoint/aegan.* there, or pass --checkpoints <folder holding {cfg.preset}/>")
+        raise CheckpointError(f"no stage-1 model for preset {cfg.preset!r}: expected aegan.safetensors and aegan.json "
+                              f"(looked in {networks.looked_in(cfg.preset, checkpoints)}). Train every network of the "
+                              f"preset on your data with `gmia fit --preset {cfg.preset} --input DIR --out CKPT` (or "
+                              f"`make train`) and pass --checkpoints CKPT, or set GMIA_HOME")
     model = load_aegan(folder, device=device)
     e_id = networks.load(cfg.preset, "identity", checkpoints, device=device)
     e_ut = networks.load(cfg.preset, "utility", checkpoints, device=device)
@@ -344,4 +345,7 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
               f"{run.counts['released']} released, {run.counts['withheld']} withheld, {run.counts['error']} errors; "
               f"in total {summary['released']} released, {summary['withheld']} withheld, {summary['error']} errors "
               f"of {summary['records']} -> {folder.root}")
+    if run.counts["error"]:  # which files: only in the private error log (their names are not public)
+        log(None, f"{run.counts['error']} input(s) could not be read; which files and why: "
+                  f"{folder.private / 'errors.jsonl'}")
     return summary

@@ -18,9 +18,8 @@ per-finding logistic scores: how much identity the finding predictions themselve
 from __future__ import annotations
 
 import numpy as np
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from ..metrics import probe_findings, rank_k, verification_auc
+from ..metrics import fit_lda, probe_findings, rank_k, verification_auc
 from .mdl import findings_codelength, identity_bits
 from .scatter import fit_scatter, group_index
 
@@ -62,9 +61,7 @@ def evaluate_features(train, train_patients, train_labels, test, test_patients, 
     out = {"dim": int(train.shape[1]), "rank": int(xtr.shape[1])}
     ztr, zte = _standardize(xtr, xte)
     n_ids = len(np.unique(ptr))
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
-                                     n_components=min(max_dim, n_ids - 1, ztr.shape[1]))
-    probe = lda.fit(ztr, ptr).transform(zte)
+    probe = fit_lda(ztr, ptr, min(max_dim, n_ids - 1, ztr.shape[1])).transform(zte)
     gallery, probes = _first_study_split(pte)
     out["identity_auc"] = verification_auc(probe, pte)
     out["identity_auc_cosine"] = verification_auc(test, pte)
@@ -93,7 +90,7 @@ def finding_scores(train, train_labels, test, c: float = 1.0) -> tuple[np.ndarra
     for f in range(ytr.shape[1]):
         known = ~np.isnan(ytr[:, f])
         yk = ytr[known, f] > 0.5
-        if yk.min() == yk.max():
+        if yk.size == 0 or yk.min() == yk.max():  # no known label, or one class only
             continue
         clf = LogisticRegression(C=c, max_iter=2000).fit(xtr[known], yk)
         cols_tr.append(clf.decision_function(xtr))
@@ -181,9 +178,8 @@ def rank_sweep(fit, ranks, train_feats, train_patients, train_labels, test_feats
             s_te = dec.semantic(torch.as_tensor(np.asarray(test_feats), dtype=torch.float32)).double().numpy()
         xtr, xte = _reduce(s_tr, s_te)
         ztr, zte = _standardize(xtr, xte)
-        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
-                                         n_components=min(256, len(np.unique(train_patients)) - 1, ztr.shape[1]))
-        auc = verification_auc(lda.fit(ztr, train_patients).transform(zte), test_patients)
+        lda = fit_lda(ztr, train_patients, min(256, len(np.unique(train_patients)) - 1, ztr.shape[1]))
+        auc = verification_auc(lda.transform(zte), test_patients)
         rows.append({"rank": int(k), "identity_auc": auc,
                      "finding_auroc": probe_findings(xtr, train_labels, xte, test_labels)["macro_auroc"]})
     return rows

@@ -16,6 +16,7 @@ checkpoint an attacker class, so the evaluation-only attacker can never be loade
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from .mfm import MFMNet
 from .utility import UtilityNet
 from .xrv import XRVAutoencoder, XRVUtility
 
-__all__ = ["ROLES", "ROLE_CLASSES", "load", "checkpoint_dir", "FrozenNet", "IdentityNet", "UtilityNet", "MFMNet",
+__all__ = ["ROLES", "ROLE_CLASSES", "load", "checkpoint_dir", "checkpoint_roots", "looked_in", "FrozenNet", "IdentityNet", "UtilityNet", "MFMNet",
            "AttackerNet", "XRVUtility", "XRVAutoencoder"]
 
 # Checkpoint class names (stored in cards) → classes. Explicit, so no class is ever resolved from a string.
@@ -55,13 +56,38 @@ ROLE_CLASSES: dict[str, tuple[type[FrozenNet], ...]] = {
 ROLES = tuple(ROLE_CLASSES)
 
 
-def checkpoint_dir(preset: str, root: str | Path = "checkpoints") -> Path:
-    """Where the weights of ``preset`` live: ``<root>/<preset>``, or ``root`` itself when it has no such folder
-    but holds checkpoint cards directly (a user's ``CKPT=/models/gmia-cxr256``)."""
-    folder = Path(root) / preset
-    if not folder.is_dir() and any(Path(root).glob("*.json")):
-        return Path(root)
-    return folder
+DEFAULT_ROOT = "checkpoints"
+
+
+def checkpoint_roots(root: str | Path = DEFAULT_ROOT) -> list[Path]:
+    """Where weights are looked up, in order. A root the user gave is the only place; the default ``checkpoints``
+    is looked for in the current folder, then in ``$GMIA_HOME/checkpoints``, then beside the installed package
+    (the shipped phantom weights of a checkout), so ``gmia anonymize`` works from any directory."""
+    if str(root) != DEFAULT_ROOT:
+        return [Path(root)]
+    roots = [Path(DEFAULT_ROOT)]
+    if os.environ.get("GMIA_HOME"):
+        roots.append(Path(os.environ["GMIA_HOME"]) / DEFAULT_ROOT)
+    roots.append(Path(__file__).resolve().parents[2] / DEFAULT_ROOT)
+    return roots
+
+
+def checkpoint_dir(preset: str, root: str | Path = DEFAULT_ROOT) -> Path:
+    """Where the weights of ``preset`` live: ``<root>/<preset>`` for the first root of ``checkpoint_roots`` that
+    has it, or ``root`` itself when it has no such folder but holds checkpoint cards directly (a user's
+    ``CKPT=/models/gmia-cxr256``). Nothing found: the first candidate (errors name it and the others)."""
+    roots = checkpoint_roots(root)
+    for r in roots:
+        if (r / preset).is_dir():
+            return r / preset
+    if len(roots) == 1 and any(roots[0].glob("*.json")):
+        return roots[0]
+    return roots[0] / preset
+
+
+def looked_in(preset: str, root: str | Path = DEFAULT_ROOT) -> str:
+    """The folders ``checkpoint_dir`` tried, for error messages."""
+    return ", ".join(str(r / preset) for r in checkpoint_roots(root))
 
 
 def load(preset: str, role: str, root: str | Path = "checkpoints", device: str | torch.device = "cpu") -> FrozenNet:
@@ -81,7 +107,8 @@ def load(preset: str, role: str, root: str | Path = "checkpoints", device: str |
                 if preset.startswith("phantom") else
                 f"`gmia train {role} --preset {preset} --data DIR --out {folder}`, or import torchxrayvision "
                 "weights with gmia.networks.xrv.import_xrv")
-        raise CheckpointError(f"no {role} network for preset {preset!r}: expected {weights} and {card_path.name}. "
+        raise CheckpointError(f"no {role} network for preset {preset!r}: expected {role}.safetensors and "
+                              f"{card_path.name} (looked in {looked_in(preset, root)}). "
                               f"Make them with {make.format(role=role, preset=preset, folder=folder)}, "
                               "or pass root=<folder holding <preset>/>.")
     card = read_card(folder, role)

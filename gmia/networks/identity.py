@@ -57,11 +57,16 @@ class IdentityNet(FrozenNet):
                  stem_stride: int = 1,                  # 1 as in IResNet; 2 halves the compute at large sizes
                  embed_dim: int = 512,                  # embedding size
                  dropout: float = 0.0,                  # dropout before the embedding FC
+                 input_range: str = "signed",           # what the stem sees: "signed" 2x - 1, "unit" x as it is
+                                                        # (the published E_id; see gmia.networks.published)
                  ):
         super().__init__(in_channels, resolution)
         widths, blocks = tuple(widths), tuple(blocks)
         stem_width = stem_width or widths[0]
         self.embed_dim = int(embed_dim)
+        if input_range not in ("signed", "unit"):
+            raise ValueError(f"input_range must be 'signed' or 'unit', got {input_range!r}")
+        self.input_range = input_range
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, stem_stride, 1, bias=False),
                                   nn.BatchNorm2d(stem_width), nn.PReLU(stem_width))
         stages, cin = [], stem_width
@@ -86,7 +91,7 @@ class IdentityNet(FrozenNet):
 
     def raw_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """(N, embed_dim) embedding before normalization (what the margin head sees); x already prepared."""
-        h = self.stages(self.stem(x * 2 - 1))        # (N, C, side, side)
+        h = self.stages(self.stem(x * 2 - 1 if self.input_range == "signed" else x))  # (N, C, side, side)
         h = self.dropout(self.bn_out(h)).flatten(1)  # (N, C * side * side)
         return self.features_bn(self.fc(h))
 

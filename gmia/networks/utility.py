@@ -21,6 +21,8 @@ from .base import FrozenNet
 
 __all__ = ["UtilityNet"]
 
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 class _DenseLayer(nn.Module):
     """BN-ELU-conv1x1(bn_size·growth)-BN-ELU-conv3x3(growth), concatenated to its input."""
@@ -56,6 +58,8 @@ class UtilityNet(FrozenNet):
                  feature_dim: int = 512,             # size of the utility features
                  segment: bool = False,              # add the lesion-mask decoder
                  decoder_width: int = 32,            # channels of that decoder
+                 input_norm: str = "signed",         # "signed": 2x - 1; "imagenet": ImageNet mean/std on RGB
+                                                     # (the published E_ut; in_channels=3 repeats grey)
                  ):
         super().__init__(in_channels, resolution)
         if finding_names and len(finding_names) != num_findings:
@@ -64,6 +68,13 @@ class UtilityNet(FrozenNet):
         self.num_findings = int(num_findings)
         self.feature_dim = int(feature_dim)
         self.has_segmentation = bool(segment)
+        if input_norm not in ("signed", "imagenet") or (input_norm == "imagenet" and in_channels != 3):
+            raise ValueError(f"input_norm must be 'signed', or 'imagenet' with in_channels=3; got {input_norm!r}, "
+                             f"in_channels={in_channels}")
+        self.input_norm = input_norm
+        if input_norm == "imagenet":
+            self.register_buffer("_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if stem == "small":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, init_features, 3, 1, 1, bias=False),
                                       nn.BatchNorm2d(init_features), nn.ELU())
@@ -99,7 +110,7 @@ class UtilityNet(FrozenNet):
 
     def _trunk(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem output and the output of every dense block (finest first); x already prepared."""
-        h = self.stem(x * 2 - 1)
+        h = self.stem((x - self._mean) / self._std if self.input_norm == "imagenet" else x * 2 - 1)
         maps = [h]
         h = self.pool0(h)
         for i, block in enumerate(self.blocks):

@@ -74,7 +74,7 @@ class LatentPrior:
         folder = Path(folder)
         path, tmp = folder / PRIOR_FILE, folder / f".{PRIOR_FILE}.tmp"
         save_file({"mu": self.mu.float().contiguous(), "a": self.a.float().contiguous()}, str(tmp),
-                  metadata={"shape": ",".join(map(str, self.shape)), "images": str(self.images)})
+                  metadata={"format": "pt"})  # shape and images are in the card; one key keeps the bytes stable
         os.replace(tmp, path)
         write_card(folder, PRIOR_NAME, PRIOR_CLASS, {"shape": list(self.shape), "images": self.images},
                    self.meta if meta is None else meta, dtype="float32", num_tensors=2)

@@ -249,3 +249,16 @@ def test_fuzzed_files_through_gmia_anonymize(tmp_path, tiny_checkpoints):
     assert sum(r["status"] == "released" for r in rows) >= 2
     new = {p for p in tmp_path.rglob("*")} - before
     assert all(p == out or out in p.parents for p in new)   # nothing written outside OUT
+
+
+def test_a_run_points_to_its_error_log_and_leaves_no_staging_folder(tmp_path, tiny_checkpoints, capsys):
+    data = tmp_path / "in"
+    _png(data / "ok.png")
+    (data / "broken.png").write_bytes(b"nope")
+    out = tmp_path / "out"
+    torch_threads = __import__("torch").get_num_threads()
+    _anonymize(data, out, tiny_checkpoints)
+    printed = capsys.readouterr().out
+    assert f"1 input(s) could not be read; which files and why: {out / 'private' / 'errors.jsonl'}" in printed
+    assert not list((out / "private").glob("staging*"))
+    assert f"{torch_threads} threads" in json.loads((out / "run.json").read_text())["hardware"]

@@ -82,7 +82,7 @@ def test_gate_withholds_what_it_cannot_fix(tmp_path, tiny_checkpoints, phantom_d
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert summary["withheld"] == 3 and summary["released"] == 0
     assert all(r["status"] == "withheld" and "after 2 retries" in r["reason"] and r["attempts"] == 3 for r in manifest)
-    assert not list((out / "images").iterdir()) and not list((out / "private" / "staging").iterdir())
+    assert not list((out / "images").iterdir()) and not list((out / "private").glob("staging*"))  # none left
     assert (out / "labels.csv").read_text().splitlines() == ["image,finding_a,finding_b"]
 
 
@@ -151,19 +151,23 @@ def test_outputs_do_not_depend_on_batch_size_or_shard(tmp_path, tiny_checkpoints
     assert max(np.abs(a[k] - a[j]).max() for k, j in zip(sorted(a), sorted(a)[1:])) > 1  # images differ
 
 
-def test_cli_dry_run_resolves_the_privacy_level():
-    res = CliRunner().invoke(cli, ["anonymize", "--input", "x", "--out", "y", "--privacy", "high", "--dry-run"])
+def test_cli_dry_run_resolves_the_privacy_level_and_checks_the_input(phantom_dir, tmp_path):
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--privacy", "high",
+                                   "--dry-run"])
     assert res.exit_code == 0, res.output
-    cfg = json.loads(res.output)["config"]
-    assert cfg["margin"] == -0.3 and cfg["privacy"] == "high"
+    resolved = json.loads(res.output)
+    assert resolved["config"]["margin"] == -0.3 and resolved["config"]["privacy"] == "high"
+    assert resolved["input"] == {"records": 12, "findings": ["finding_a", "finding_b"]}
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(tmp_path / "nothing"), "--out", "y", "--dry-run"])
+    assert res.exit_code != 0 and "nothing" in res.output and "not found" in res.output
     res = CliRunner().invoke(cli, ["anonymize", "--input", "x", "--out", "y", "--margin", "1.5"])
     assert res.exit_code != 0 and "[-1, 1]" in res.output
 
 
 
-def test_speed_profile_sets_its_fields_and_flags_still_win():
-    res = CliRunner().invoke(cli, ["anonymize", "--input", "x", "--out", "y", "--speed", "fast", "--lr", "0.05",
-                                   "--lambda-mdl", "2", "--dry-run"])
+def test_speed_profile_sets_its_fields_and_flags_still_win(phantom_dir):
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--speed", "fast",
+                                   "--lr", "0.05", "--lambda-mdl", "2", "--dry-run"])
     assert res.exit_code == 0, res.output
     cfg = json.loads(res.output)["config"]
     assert (cfg["patience"], cfg["refine_steps"], cfg["precision"], cfg["lambda_surrogate"]) == (0, 0, "auto-bf16", 0)

@@ -15,6 +15,8 @@ from gmia.data.datasets import ImageFolder
 from gmia.data.preprocess import Preprocess
 from gmia.errors import InputError
 
+from tests.data.test_adapters import write_dicom
+
 
 def _png(rng, mode):
     size = int(rng.integers(16, 80))
@@ -30,28 +32,17 @@ def _encode(img, fmt):
     return buf.getvalue()
 
 
-def _dicom(rng):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.PatientID = "FUZZ"
+def _dicom(rng, scratch):
+    """A valid DICOM file's bytes: 12-bit, MONOCHROME1 or 2, with or without rescale and window."""
     size = int(rng.integers(16, 48))
+    tags = {}
+    if rng.random() < 0.5:
+        tags.update(RescaleSlope=2, RescaleIntercept=-1024)
+    if rng.random() < 0.5:
+        tags.update(WindowCenter=2048, WindowWidth=4096)
     photometric = "MONOCHROME1" if rng.random() < 0.5 else "MONOCHROME2"
-    ds.set_pixel_data(rng.integers(0, 4096, (size, size), dtype=np.uint16), photometric, 12)
-    if rng.random() < 0.5:
-        ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
-    if rng.random() < 0.5:
-        ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    path = write_dicom(scratch, rng.integers(0, 4096, (size, size)), photometric, patient="FUZZ", **tags)
+    return path.read_bytes()
 
 
 def _mutate(rng, data: bytes) -> bytes:
@@ -80,7 +71,7 @@ def fuzz_folder(root, n: int, seed: int = 0) -> list[str]:
     for i in range(n):
         kind = ("png", "png16", "jpg", "rgbjpg", "dcm")[i % 5]
         if kind == "dcm":
-            data, suffix = _dicom(rng), ".dcm"
+            data, suffix = _dicom(rng, root / ".scratch.dcm"), ".dcm"
         elif kind in ("jpg", "rgbjpg"):
             data, suffix = _encode(_png(rng, "RGB" if kind == "rgbjpg" else "L"), "JPEG"), ".jpg"
         else:
@@ -95,6 +86,7 @@ def fuzz_folder(root, n: int, seed: int = 0) -> list[str]:
         name = f"f{i:03d}-{kind}{suffix}"
         (root / name).write_bytes(data)
         names.append(name)
+    (root / ".scratch.dcm").unlink(missing_ok=True)
     return names
 
 

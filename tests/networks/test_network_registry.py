@@ -1,5 +1,7 @@
 """gmia.networks.load: one line to a frozen network; clear errors for wrong names and missing weights."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -53,3 +55,19 @@ def test_weights_of_another_preset_are_refused(save, tmp_path):
     save("mfm", tmp_path, trained_for="phantom-face64")
     with pytest.raises(CheckpointError, match="trained for preset 'phantom-face64'"):
         networks.load("phantom-cxr64", "mfm", root=tmp_path)
+
+
+def test_shipped_weights_are_found_from_any_folder(tmp_path, monkeypatch):
+    shipped = Path(networks.__file__).resolve().parents[2] / "checkpoints" / "phantom-cxr64"
+    monkeypatch.chdir(tmp_path)                     # no checkpoints/ here
+    monkeypatch.delenv("GMIA_HOME", raising=False)
+    assert networks.checkpoint_dir("phantom-cxr64") == shipped
+    home = tmp_path / "home"
+    (home / "checkpoints" / "phantom-cxr64").mkdir(parents=True)
+    monkeypatch.setenv("GMIA_HOME", str(home))       # GMIA_HOME comes before the package's own folder
+    assert networks.checkpoint_dir("phantom-cxr64") == home / "checkpoints" / "phantom-cxr64"
+    (tmp_path / "checkpoints" / "phantom-cxr64").mkdir(parents=True)
+    assert networks.checkpoint_dir("phantom-cxr64") == Path("checkpoints") / "phantom-cxr64"   # then the cwd's
+    assert networks.checkpoint_dir("gmia-cxr256", tmp_path / "mine") == tmp_path / "mine" / "gmia-cxr256"
+    with pytest.raises(CheckpointError, match=r"looked in checkpoints/gmia-cxr256, .*home/checkpoints/gmia-cxr256, "):
+        networks.load("gmia-cxr256", "identity")

@@ -58,11 +58,11 @@ def test_reconstruction_loss_and_feature_loss(perceptual):
 
 def test_missing_perceptual_weights_say_what_to_provide(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.chdir(tmp_path)  # no checkpoints/<preset>/mfm.* here
+    empty = tmp_path / "models"  # no <preset>/mfm.* here (the default root would find the shipped MFM)
     with pytest.raises(CheckpointError, match="--lpips-weights"):
-        L.build_perceptual("lpips", "phantom-cxr64")
+        L.build_perceptual("lpips", "phantom-cxr64", checkpoints=empty)
     with pytest.raises(CheckpointError, match="no LPIPS trunk weights and no MFM"):
-        L.build_perceptual("auto", "phantom-cxr64")
+        L.build_perceptual("auto", "phantom-cxr64", checkpoints=empty)
     with pytest.raises(CheckpointError, match="--perceptual none"):
         L.build_perceptual("mfm", None)
     assert L.build_perceptual("none", None) is None

@@ -103,7 +103,8 @@ class MimicCXR(_XrvDataset):
     def __init__(self, root, *, csv=None, meta_csv=None, split: str | None = None,
                  views: Sequence[str] = FRONTAL_VIEWS, preprocess: Preprocess | None = None):
         root = _check_root(root, "MIMIC-CXR-JPG", "files/ and mimic-cxr-2.0.0-chexpert.csv.gz")
-        fix = "Download it with the images from PhysioNet (mimic-cxr-jpg 2.0.0) or pass its path."
+        fix = ("Download it with the images from PhysioNet (mimic-cxr-jpg 2.0.0) and put it in the dataset root, "
+               "beside files/ (in Python: MimicCXR(root, csv=..., meta_csv=...) takes other paths).")
         csv = _given(csv, root, "MIMIC labels CSV") if csv else _find(
             root, ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"], "MIMIC labels CSV", fix)
         meta_csv = _given(meta_csv, root, "MIMIC metadata CSV") if meta_csv else _find(

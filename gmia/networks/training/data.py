@@ -1,8 +1,8 @@
 """Training data for the scoring networks: a phantom folder read once into memory, split by patient.
 
 A 64 px phantom benchmark (a few thousand images) fits in memory as uint8, which makes an epoch a few
-tensor slices instead of thousands of PNG decodes. Real datasets at 256 px would stream instead; their
-trainers are not part of this module yet.
+tensor slices instead of thousands of PNG decodes. Any other dataset comes through ``gmia.fit``, which
+preprocesses it once into a memory-mapped uint8 array and hands the same ``PhantomData`` to the trainer.
 """
 
 from __future__ import annotations

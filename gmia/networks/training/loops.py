@@ -30,7 +30,7 @@ from ... import runs
 from ...checkpoints import read_card, save_module
 from ...errors import ConfigError
 from .config import TrainConfig
-from .data import load_phantom_data
+from .data import PhantomData, load_phantom_data
 from .tasks import make_task
 
 __all__ = ["TrainResult", "train", "resolve_device"]
@@ -76,7 +76,8 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> flo
 
 
 def train(cfg: TrainConfig, data, out, progress: bool = True) -> TrainResult:
-    """Train ``cfg.role`` on the phantom folder ``data``; write the checkpoint and run record under ``out``."""
+    """Train ``cfg.role`` on ``data`` (a phantom folder, or a ``PhantomData`` with train/val/test splits in memory or
+    memory-mapped, e.g. from ``gmia.fit``); write the checkpoint and run record under ``out``."""
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -107,12 +108,12 @@ def _train(cfg: TrainConfig, data, out, progress: bool) -> TrainResult:
     if state is not None and state.get("config") != json.dumps(same_run, sort_keys=True):
         raise ConfigError(f"{snapshot} belongs to a run with another config; delete {run_dir} or use another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_config(run_dir, cfg, data=str(data), out=str(out))
+    runs.write_config(run_dir, cfg, data=str(data.root if isinstance(data, PhantomData) else data), out=str(out))
     stats = runs.StatsWriter(run_dir)
     torch.manual_seed(cfg.seed)
 
     # ---- data
-    phantoms = load_phantom_data(data, cfg.preset)
+    phantoms = data if isinstance(data, PhantomData) else load_phantom_data(data, cfg.preset)
     train_split, val_split, test_split = (phantoms.splits["train"], phantoms.splits.get("val"),
                                           phantoms.splits["test"])
     runs.log(run_dir, f"[{cfg.role}] data {phantoms.root}: train {len(train_split)} images / "
