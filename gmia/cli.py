@@ -4,6 +4,7 @@ library function; a GmiaError reaches the user as one line (the traceback only w
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 from pathlib import Path
 
@@ -13,8 +14,60 @@ from . import __version__
 from .errors import GmiaError
 
 
+# Commands that live beside their library code, imported only when they run or show their own help: `gmia --help`
+# lists them from this table, so it does not import torch. name -> (module, attribute, one-line help); a test
+# checks each line against the command's own help.
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("gmia.cli_train", "train",
+              "Train the identity, utility, foundation-model and attacker networks of a preset."),
+    "project": ("gmia.projection.cli", "project",
+                "Project images to latent codes; write latents, reconstructions and metrics.json."),
+    "anonymize": ("gmia.anonymization.cli", "anonymize",
+                  "Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json."),
+    "fit-decoupler": ("gmia.decoupling.cli", "fit_decoupler_command",
+                      "Fit the MDL feature decoupler (P_id, P_sem) on an MFM's features and print its held-out audit."),
+    "fit-prior": ("gmia.projection.cli", "fit_prior_command",
+                  "Fit the Gaussian latent prior (surrogate identities, MIA sampling) to E(x) of training images."),
+    "fit": ("gmia.fit.cli", "fit_command",
+            "Train every network of a preset on your data: E_id, E_ut, the MFM and its decoupler, the attacker, "
+            "stage 1 (AE-GAN) and its latent prior, in order; each stage resumes, and is skipped when done."),
+    "import-weights": ("gmia.fit.cli", "import_weights_command",
+                       "Import weights you already have as a role's checkpoint (with its card); `gmia fit` then skips "
+                       "that role."),
+    "evaluate": ("gmia.evaluation.cli", "evaluate_cmd",
+                 "Privacy (independent + adaptive attacker), control, utility, fidelity, record-level privacy."),
+    "mia": ("gmia.evaluation.cli", "mia_cmd",
+            "Membership inference against the stage-1 generator (GAN-Leaks style, calibrated)."),
+    "sweep": ("gmia.evaluation.cli", "sweep_cmd",
+              "Anonymize + evaluate at several margins: curve.csv and curve.png (attacker AUC vs. utility AUROC)."),
+    "report": ("gmia.evaluation.cli", "report_cmd", "One self-contained HTML page of an evaluation folder."),
+}
+
+
 class _Group(click.Group):
-    """Turns GmiaError into a one-line click error unless --debug was given."""
+    """Turns GmiaError into a one-line click error unless --debug was given; loads ``LAZY_COMMANDS`` on use."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS:
+            module, attribute, _ = LAZY_COMMANDS[name]
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, name)
+        return command
+
+    def format_commands(self, ctx, formatter):
+        """The command list from the table for commands not loaded yet (no import just to show a line)."""
+        limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
+        rows = []
+        for name in self.list_commands(ctx):
+            loaded = self.commands.get(name)
+            rows.append((name, loaded.get_short_help_str(limit) if loaded is not None else
+                         click.utils.make_default_short_help(LAZY_COMMANDS[name][2], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -83,30 +136,6 @@ def import_checkpoint(src, dst):
 
     out = import_official_pickle(Path(src), Path(dst))
     click.echo(f"imported {src} -> {out}")
-
-
-def _register_subcommands() -> None:
-    """Commands that live beside their library code (each module keeps its own click wrappers thin)."""
-    from .anonymization.cli import anonymize
-    from .decoupling.cli import fit_decoupler_command
-    from .evaluation.cli import COMMANDS as evaluation_commands
-    from .cli_train import train
-    from .fit.cli import fit_command, import_weights_command
-    from .projection.cli import aegan, fit_prior_command, project
-
-    train.add_command(aegan)
-    cli.add_command(train)
-    cli.add_command(project)
-    cli.add_command(anonymize)
-    cli.add_command(fit_decoupler_command)
-    cli.add_command(fit_prior_command)
-    cli.add_command(fit_command)
-    cli.add_command(import_weights_command)
-    for command in evaluation_commands:
-        cli.add_command(command)
-
-
-_register_subcommands()
 
 
 def main(argv=None):

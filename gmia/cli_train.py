@@ -80,3 +80,13 @@ def mfm(**kw):
 def attacker(**kw):
     """The evaluation-only re-identifier (VGG-style + CosFace, own seed); never used by the optimizer."""
     _run("attacker", **kw)
+
+
+def _add_stage1() -> None:
+    """`gmia train aegan` lives beside stage 1's code; it joins this group here, the one place the group is built."""
+    from .projection.cli import aegan
+
+    train.add_command(aegan)
+
+
+_add_stage1()

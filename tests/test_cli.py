@@ -61,3 +61,35 @@ def test_import_checkpoint_refuses_a_malicious_pickle(tmp_path):
     assert out.exit_code == 1
     assert "refused as unsafe" in out.output and "system" in out.output and "Traceback" not in out.output
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def _help_in_a_fresh_process(*args: str) -> str:
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom gmia.cli import cli\ntry:\n    cli.main({[*args, '--help']!r}, prog_name='gmia')\n"
+            "except SystemExit:\n    pass\nprint('torch loaded:', 'torch' in sys.modules)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+
+
+def test_help_does_not_import_torch():
+    """`gmia --help` and `gmia anonymize --help` answer at once: no torch, no networks."""
+    out = _help_in_a_fresh_process()
+    assert "torch loaded: False" in out
+    for name in ("anonymize", "evaluate", "fit", "import-checkpoint", "phantom", "report", "train"):
+        assert f"\n  {name} " in out, name
+    out = _help_in_a_fresh_process("anonymize")
+    assert "torch loaded: False" in out and "--privacy" in out and "--output-format" in out
+
+
+def test_the_lazy_command_table_matches_the_commands():
+    import click
+
+    from gmia.cli import LAZY_COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name, (_, _, line) in LAZY_COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert " ".join(command.help.split("\n\n")[0].split()) == line, name   # the listed line is the real one
+    assert "aegan" in cli.get_command(ctx, "train").commands

@@ -10,11 +10,28 @@ Modules, in the order the data flows: ``config`` (settings, presets), ``losses``
 folder: pseudonyms, journal, manifest, labels), ``runner`` (the loop over a dataset).
 """
 
-from .config import PRESETS, AnonymizeConfig, anonymize_config
-from .losses import IdentityTerm, Objective, UtilityTerm, identity_cosine, identity_hinge, utility_distance
-from .optimizer import Finished, Item, LatentOptimizer, decode
-from .runner import Engine, anonymize_dataset, load_engine, parse_shard, record_seed
+import importlib
+
+# name -> the module that defines it, imported on first use (PEP 562): `gmia anonymize --help` and the config
+# helpers do not pay for torch and the networks
+_EXPORTS = {
+    **dict.fromkeys(("PRESETS", "AnonymizeConfig", "anonymize_config"), "config"),
+    **dict.fromkeys(("IdentityTerm", "Objective", "UtilityTerm", "identity_cosine", "identity_hinge",
+                     "utility_distance"), "losses"),
+    **dict.fromkeys(("Finished", "Item", "LatentOptimizer", "decode"), "optimizer"),
+    **dict.fromkeys(("Engine", "anonymize_dataset", "load_engine", "parse_shard", "record_seed"), "runner"),
+}
 
 __all__ = ["PRESETS", "AnonymizeConfig", "anonymize_config", "IdentityTerm", "UtilityTerm", "Objective",
            "identity_cosine", "identity_hinge", "utility_distance", "Item", "Finished", "LatentOptimizer", "decode",
            "Engine", "load_engine", "anonymize_dataset", "parse_shard", "record_seed"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-import torch
 
 from ..config import PRIVACY_LEVELS, get_preset
 from ..errors import ConfigError
@@ -171,6 +170,8 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                                "input": {"records": len(data), "findings": list(data.findings)}}, indent=2))
         return
     if threads:
+        import torch  # here, not at the top: `gmia anonymize --help` stays fast
+
         torch.set_num_threads(threads)
     summary = anonymize_dataset(cfg, data, out, checkpoints=checkpoints, device=device, resume=resume,
                                 shard=shard_t, limit=limit, write_linkage=write_linkage, progress=not quiet,
