@@ -127,7 +127,8 @@ def leaks(root: Path, strings: set[str]) -> list[tuple[str, str]]:
     """(file, string) for every string found in a file (or a file name) under ``root``, ``private/`` excepted.
 
     In file names a short string (a source name like ``c1.dcm``) counts when it is a whole path component: as a
-    substring it would also match a random pseudonym that happens to end in ``...c1.dcm``."""
+    substring it would also match a random pseudonym that happens to end in ``...c1.dcm``. (File contents are
+    searched for every string: give sources names that no hex pseudonym can spell.)"""
     hits = []
     for f in sorted(p for p in Path(root).rglob("*") if p.is_file() and "private" not in p.relative_to(root).parts):
         rel = f.relative_to(root)

@@ -46,14 +46,15 @@ def _pixels(seed: int, shape=(80, 72), bits=12):
     return np.clip(x / x.max() * (2 ** bits - 1), 0, 2 ** bits - 1)
 
 
-# The source files: (relative path, patient, study, format options). Names carry PHI on purpose.
+# The source files: (relative path, patient, study, format options). Names carry PHI on purpose, and each holds a
+# letter that no hex pseudonym has, so that finding it in a released name is a leak, not a coincidence.
 SOURCES = [
-    ("doe_johnathan/1995/a1.dcm", P1, STUDY_A, dict(photometric="MONOCHROME2", bits=12, rescale=(2.0, -1024.0))),
-    ("doe_johnathan/1995/a2.dcm", P1, STUDY_A, dict(photometric="MONOCHROME1", bits=16)),
-    ("doe_johnathan/2021/b1.dcm", P1, STUDY_B, dict(photometric="MONOCHROME2", bits=8, window=(128, 256))),
-    ("roe_janemarie/c1.dcm", P2, STUDY_C, dict(photometric="MONOCHROME2", bits=16, rescale=(1.0, -32768.0))),
-    ("roe_janemarie/c2.dcm", P2, STUDY_C, dict(photometric="MONOCHROME1", bits=8)),
-    ("roe_janemarie/cine.dcm", P2, STUDY_C, dict(photometric="MONOCHROME2", bits=12, frames=3)),
+    ("doe_johnathan/1995/img-a1.dcm", P1, STUDY_A, dict(photometric="MONOCHROME2", bits=12, rescale=(2.0, -1024.0))),
+    ("doe_johnathan/1995/img-a2.dcm", P1, STUDY_A, dict(photometric="MONOCHROME1", bits=16)),
+    ("doe_johnathan/2021/img-b1.dcm", P1, STUDY_B, dict(photometric="MONOCHROME2", bits=8, window=(128, 256))),
+    ("roe_janemarie/img-c1.dcm", P2, STUDY_C, dict(photometric="MONOCHROME2", bits=16, rescale=(1.0, -32768.0))),
+    ("roe_janemarie/img-c2.dcm", P2, STUDY_C, dict(photometric="MONOCHROME1", bits=8)),
+    ("roe_janemarie/img-cine.dcm", P2, STUDY_C, dict(photometric="MONOCHROME2", bits=12, frames=3)),
 ]
 
 
