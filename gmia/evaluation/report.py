@@ -26,7 +26,7 @@ __all__ = ["write_report", "SECTIONS", "ACCEPTANCE"]
 SECTIONS = ("Summary", "Privacy", "Control", "Utility", "Fidelity", "Record-level privacy", "Membership inference",
             "Privacy-utility curve", "Examples", "Withheld images", "Run configuration")
 
-# The acceptance bars of the evaluation issue (phantom presets): (label, path in metrics.json, op, bar)
+# The project's quality bars (phantom presets): (label, path in metrics.json, op, bar)
 ACCEPTANCE = (
     ("attacker re-identifies originals (other study)", ("control", "attacker_on_originals", "auc_same_patient_other_study"), ">=", 0.95),
     ("attacker re-identifies reconstructions (other study)", ("control", "attacker", "auc_same_patient_other_study"), ">=", 0.90),
@@ -97,7 +97,7 @@ def _summary(m: dict) -> str:
             verdict = f"<span class='{'pass' if ok else 'fail'}'>{'pass' if ok else 'FAIL'}</span>"
         rows.append(f"<tr><td>{html.escape(label)}</td><td>{_fmt(v)}</td><td>{op} {bar}</td><td>{verdict}</td></tr>")
     return ("<table><tr><th>check</th><th>value</th><th>bar</th><th>verdict</th></tr>" + "".join(rows) + "</table>"
-            "<p>Bars from the evaluation issue (phantom presets, default privacy level, test patients).</p>")
+            "<p>The project's quality bars (phantom presets, default privacy level, test patients).</p>")
 
 
 def _withheld(anon_dir: Path | None) -> str:
