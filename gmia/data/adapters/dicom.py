@@ -33,7 +33,6 @@ _FIX = "Check that it is a complete single-image DICOM file, or remove it from t
 
 def _dcmread(path: Path, **kw):
     import pydicom  # lazy: only DICOM users pay for it
-    from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, **kw)
