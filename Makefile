@@ -23,13 +23,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-# The whole suite, slow end-to-end tests included (that is what CI runs).
+# The whole suite, slow end-to-end tests included (that is what CI runs), on one worker process per core (at most
+# 4; each test runs torch on one thread; idle workers take queued tests from busy ones). TEST_WORKERS=0 runs it in
+# this process.
+TEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
 
 # Everything but the tests marked slow, for quick iterations.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
 
 # The report rendered by a real browser. Chromium is not on PyPI: npm's @sparticuz/chromium carries the browser
 # inside the package (no CDN download), so this needs node/npm and the npm registry only. ~70 MB in .cache/.

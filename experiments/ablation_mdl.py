@@ -2,7 +2,7 @@
 
     python experiments/ablation_mdl.py --data data/phantom-cxr64 --decoupler runs/decoupler-phantom-cxr64 \
         --limit 64 --out runs/ablation-mdl                     # needs aegan, identity, utility, attacker, mfm
-    python experiments/ablation_mdl.py ... --checkpoints /tmp/tinyck --limit 8 --max-steps 20   # a smoke run
+    python experiments/ablation_mdl.py ... --checkpoints runs/tiny --limit 8 --max-steps 20   # a smoke run
 
 Both variants run the real dataset runner (``anonymize_dataset``: batching, stopping, privacy gate, PNG files) on
 the same first ``--limit`` records of ``--split``; the only difference is ``engine.objective.extra``. Measured on
@@ -17,8 +17,8 @@ the *released files* (reloaded from disk), against the originals of the same spl
 * cost: generator steps and seconds per image (from the manifest), wall time of each run.
 
 AUCs carry 95 % bootstrap intervals over pairs. Not done here: the adaptive attacker (retrained on anonymized
-images) — it needs a training run per variant; see the evaluation issue. ``--out`` must be a new folder (the
-runner refuses to overwrite a run).
+images) — it needs anonymized training patients per variant, passed to ``gmia evaluate --anon-train``. ``--out``
+must be a new folder (the runner refuses to overwrite a run).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from gmia.anonymization import anonymize_config, anonymize_dataset, load_engine
 from gmia.data.datasets import PhantomFolder
 from gmia.data.preprocess import load_image
 from gmia.decoupling import MDLTerm, load_decoupler
+from gmia.machine import set_threads
 from gmia.metrics import bootstrap_ci, cosine_matrix, macro_auroc, rank_k
 
 
@@ -108,7 +109,7 @@ def cross_pairs(emb_a, pat_a, src_a, emb_r, pat_r, key_r) -> dict:
 
 def main() -> None:
     args = parse()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     mfm_root = args.mfm_checkpoints or args.checkpoints
     changes = {k: v for k, v in dict(max_steps=args.max_steps, batch_size=args.batch_size).items() if v is not None}

@@ -18,16 +18,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 
 from gmia.anonymization import anonymize_config, anonymize_dataset
 from gmia.data.datasets import PhantomFolder
 from gmia.evaluation.evaluate import EvalConfig, evaluate
+from gmia.machine import set_threads
 
 VARIANTS = {
-    # the shipped default (the preset: surrogate cosine 0.7, E(x) start, lr 0.1, patience 10) at m = -0.3
+    # the preset as shipped (surrogate cosine 0.9, E(x) start, lr 0.1, patience 10) at m = -0.3
     "default": dict(),
-    # the previous default: hinge only, w_0 refined 50 steps, lr 0.03, utility polish (patience 20)
+    # hinge only, w_0 refined 50 steps, lr 0.03, utility polish (patience 20)
     "hinge-refined-polish": dict(lambda_surrogate=0.0, refine_steps=50, lr=0.03, patience=20),
     # hinge only, stop at the hinge from E(x) (--speed fast), at growing margins
     "fast-high": dict(speed="fast"),
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=192)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     rows = []
     for name in args.variants.split(","):

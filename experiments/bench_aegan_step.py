@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from gmia.machine import set_threads
 from gmia.projection.config import aegan_config
 from gmia.projection.losses import FeatureLoss, ReconstructionLoss
 from gmia.projection.runtime import RankContext
@@ -33,7 +34,7 @@ def _perceptual(kind: str, channels: int):
 
 
 def bench(preset: str, threads: int, steps: int, warmup: int, batch: int | None, perceptual: str) -> dict:
-    torch.set_num_threads(threads)
+    set_threads(threads)
     cfg = aegan_config(preset, batch=batch)
     nets, _ = build_networks(cfg, torch.device("cpu"))
     # the 64-px presets switch the term off with weight 0, which would drop it from the timing too

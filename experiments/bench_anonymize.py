@@ -2,7 +2,7 @@
 
     python experiments/bench_anonymize.py                                  # 64 images, batch 32, CPU, 1 thread
     python experiments/bench_anonymize.py --ref-images 8 --json bench.json # time the slow reference on fewer images
-    python experiments/bench_anonymize.py --checkpoints /tmp/devck --images 4 --ref-images 2 \
+    python experiments/bench_anonymize.py --checkpoints runs/tiny --images 4 --ref-images 2 \
         --ref-steps 30 --max-steps 30 --batch-size 4                       # a smoke test
 
 Both sides use the same networks (stage-1 G/E, E_id, E_ut of ``<checkpoints>/<preset>/``). The reference starts
@@ -39,11 +39,13 @@ import time
 
 import torch
 
-from gmia.anonymization import Item, LatentOptimizer, anonymize_config, decode, load_engine, record_seed
+from gmia import data
+from gmia.anonymization import Item, LatentOptimizer, anonymize_config, load_engine, noise_seeds, record_seed
 from gmia.anonymization.config import PRECISIONS, config_dict
 from gmia.anonymization.losses import identity_cosine, utility_distance
+from gmia.machine import set_threads
 from gmia.metrics import macro_auroc
-from gmia.projection.project import open_images, project_codes
+from gmia.projection.project import project_codes
 
 
 def memory_mark(device: torch.device) -> dict:
@@ -77,8 +79,8 @@ def run_engine(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         finished = opt.pop_done(result.done)
         if finished:
             with torch.no_grad():
-                x_a = decode(engine.model, torch.stack([f.w for f in finished]), [f.item.seed for f in finished],
-                             cfg.noise).cpu()
+                x_a = engine.model.render(torch.stack([f.w for f in finished]),
+                                          noise_seeds([f.item.seed for f in finished], cfg.noise)).cpu()
             for f, img in zip(finished, x_a):
                 out[f.item.payload] = (img, f.steps)
     return {i: out[i][0] for i in out}, {i: out[i][1] for i in out}
@@ -192,12 +194,12 @@ def main() -> None:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     args = p.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     cfg = anonymize_config(args.preset, privacy=None, margin=args.margin, batch_size=args.batch_size,
                            max_steps=args.max_steps, precision=args.precision)
     engine = load_engine(cfg, args.checkpoints, device)
-    ds = open_images(args.data, "test", engine.model.img_resolution, engine.model.img_channels)
+    ds = data.open(args.data, split="test", size=engine.model.img_resolution, channels=engine.model.img_channels)
     n_eng = min(args.images, len(ds))
     n_ref = min(args.ref_images if args.ref_images is not None else args.images, len(ds))
     print(f"preset {cfg.preset}, margin m = {cfg.margin}, device {device}, threads {args.threads}; engine: "

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from gmia import networks
+from gmia import data
+from gmia.fileio import atomic_write_json
+from gmia.machine import set_threads
 from gmia.metrics import macro_auroc, rank_k
-from gmia.projection.project import encoder_fidelity, load_aegan, open_images, project_images
-from gmia.runs import atomic_write_json
+from gmia.projection.project import encoder_fidelity, load_aegan, project_images
 
 
 def batched(fn, x: torch.Tensor, size: int = 100) -> torch.Tensor:
@@ -53,11 +55,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images (whole patients first)")
     ap.add_argument("--update-card", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     folder = Path(args.aegan or Path(args.checkpoints) / args.preset)
     model = load_aegan(folder)
-    ds = open_images(args.data or f"data/{args.preset}", "test", model.img_resolution, model.img_channels)
+    ds = data.open(args.data or f"data/{args.preset}", split="test", size=model.img_resolution,
+                   channels=model.img_channels)
     whole_split = None
     if args.limit and args.limit < len(ds):  # the encoder-only bar on every test image, not just the refined subset
         whole = encoder_fidelity(model, ds, args.batch_size)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Phase-2 stage-1 fine-tune (lambda_gan 0, lambda_ssim 1) of both phantom presets side by side on one GPU,
-# sized to a wall-clock budget. This is how the shipped aegan weights were trained longer than the CPU allows;
+# Stage-1 fidelity fine-tune (the recipe's second phase: lambda_gan 0, lambda_ssim 1) of both phantom presets
+# side by side on one GPU, sized to a wall-clock budget. This is how the shipped aegan weights were trained longer
+# than the CPU allows;
 # `make train-phantom` runs the same phase anywhere (its legs: `gmia fit --preset P --dry-run`).
 #
 #   experiments/gpu_finetune_stage1.sh BUDGET_SECONDS RUN_ROOT [INIT_ROOT [EXTRA TRAIN FLAGS...]]

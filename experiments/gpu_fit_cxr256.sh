@@ -18,7 +18,7 @@
 #
 # Needs: python3 with torch (CUDA), and gmia importable (`pip install --no-deps -e .` or PYTHONPATH=.) with its
 # dependencies (kornia: carry a wheel where there is no registry). Check the logic on a CPU first with
-#   DEVICE=cpu SHARDS=2 PATIENTS=12 VARIANT=tiny KIMG=0.008 ANON_LIMIT=4 experiments/gpu_fit_cxr256.sh /tmp/x
+#   DEVICE=cpu SHARDS=2 PATIENTS=12 VARIANT=tiny KIMG=0.008 ANON_LIMIT=4 experiments/gpu_fit_cxr256.sh runs/fit-cpu
 set -euo pipefail
 root=${1:-runs/gpu-fit-cxr256}
 shards=${SHARDS:-8}; patients=${PATIENTS:-40}; epochs=${EPOCHS:-1}; kimg=${KIMG:-6}

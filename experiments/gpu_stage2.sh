@@ -5,7 +5,7 @@
 #
 #   experiments/gpu_stage2.sh [OUT_DIR]          # OUT_DIR default outputs/gpu-stage2; needs a CUDA device
 #   BATCH=256 IMAGES=800 REF_IMAGES=32 experiments/gpu_stage2.sh
-#   DEVICE=cpu BATCH=4 IMAGES=4 REF_IMAGES=1 REF_STEPS=20 experiments/gpu_stage2.sh /tmp/s2   # check the logic on a CPU
+#   DEVICE=cpu BATCH=4 IMAGES=4 REF_IMAGES=1 REF_STEPS=20 experiments/gpu_stage2.sh runs/s2-cpu   # check the logic on a CPU
 set -euo pipefail
 out=${1:-outputs/gpu-stage2}
 py=${PY:-python3}

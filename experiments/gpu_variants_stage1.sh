@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Several stage-1 fine-tunes of the chest preset side by side on one GPU, each stopped on a wall clock and
 # exported, then scored on the val and test splits: how each leg of experiments/pool_finetune_stage1.sh got its
-# learning rate (README, "Training and projection"). A 64-px run leaves most of an H100 idle (kernel launches
+# learning rate (docs/training.md). A 64-px run leaves most of an H100 idle (kernel launches
 # bound it), so four or five runs together cost each only 20-40% of its speed.
 #
 #   experiments/gpu_variants_stage1.sh INIT_CHECKPOINT RUN_ROOT TRAIN_SECONDS NAME:FLAG,FLAG,... [...]

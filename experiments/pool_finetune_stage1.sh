@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage-1 encoder fine-tune of the chest preset on a pool of new phantom patients: how the shipped
-# checkpoints/phantom-cxr64 encoder reached SSIM 0.80 on held-out patients (README, "Training and projection").
+# checkpoints/phantom-cxr64 encoder reached SSIM 0.80 on held-out patients (docs/training.md).
 #
 #   experiments/pool_finetune_stage1.sh INIT_CHECKPOINT RUN_ROOT        (DEVICE=cuda|cpu, default: cuda if present)
 #   experiments/pool_finetune_stage1.sh --pool-only                      (step 1 alone)
@@ -14,7 +14,7 @@
 # 2. three legs of E and G together (no GAN term: MSE + 1 - SSIM), batch 64, each from the last one's export:
 #    E grown to 256 channels at 8 and 4 px (function-preserving), then the learning rate lowered twice. The kimg
 #    are what the shipped legs ran (each was stopped on a wall clock); each lr was chosen on the val split among
-#    variants run side by side on one H100 (README): 6-7 min per leg there with four or five runs sharing the
+#    variants run side by side on one H100 (docs/training.md): 6-7 min per leg there with four or five runs sharing the
 #    GPU (1.3-1.6 s/kimg each). On a CPU this is many hours.
 set -euo pipefail
 py=${PY:-python3}

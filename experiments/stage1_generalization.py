@@ -11,14 +11,15 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
-from gmia.projection.project import encoder_fidelity, load_aegan, open_images
+from gmia import data
+from gmia.machine import set_threads
+from gmia.projection.project import encoder_fidelity, load_aegan
 
 
-def encoder_ssim(model, data: str, split: str, limit: int) -> float:
+def encoder_ssim(model, folder: str, split: str, limit: int) -> float:
     """Mean SSIM of G(E(x)) against x over the first ``limit`` images of ``split`` (whole patients first)."""
-    ds = open_images(data, split, model.img_resolution, model.img_channels)
+    ds = data.open(folder, split=split, size=model.img_resolution, channels=model.img_channels)
     return encoder_fidelity(model, ds.select(range(min(limit, len(ds)))))["ssim"]
 
 
@@ -32,7 +33,7 @@ def main() -> None:
                     help="comma-separated splits; gap = first minus last (choose checkpoints on val, report test)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     data = args.data or f"data/{args.preset}"
     splits = args.splits.split(",")
     print(f"{'checkpoint':50s} {'kimg*':>7s} " + " ".join(f"{s:>7s}" for s in splits) + f" {'gap':>7s}")

@@ -14,6 +14,7 @@ Foreign ``.pkl`` snapshots (NVlabs StyleGAN2-ADA, GMIA) enter only through ``imp
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from gmia.errors import CheckpointError
-from third_party import stylegan2_ada as sg2
+from gmia.fileio import atomic_path, atomic_write
 from third_party.stylegan2_ada.legacy_pickle import LegacyFormatError, UnsafePickleError, one_line, read_snapshot
 from third_party.stylegan2_ada.legacy_rebuild import rebuild_network, to_plain
 
@@ -51,28 +52,60 @@ MAX_PICKLE_BYTES = 4 << 30  # the largest official snapshot (1024 px, G + D + G_
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SNAPSHOT_NETWORKS = ("G", "G_ema", "D", "E")  # snapshot keys written by import_official_pickle, in this order
 
-# Registry: card class name -> class. Extended explicitly with register_class() by the modules that own classes.
-_REGISTRY: dict[str, type[nn.Module]] = {}
+# Every class a gmia checkpoint card may name, and where it lives. The table is the whole list: loading a card
+# imports the class's module from here, so it works whatever the caller happened to import, and no class is ever
+# resolved from a string a file holds. ``register_class`` adds classes of your own (tests, extensions).
+CHECKPOINT_CLASSES: dict[str, str] = {
+    **{f"stylegan2_ada.{n}": f"third_party.stylegan2_ada:{n}"
+       for n in ("Generator", "MappingNetwork", "SynthesisNetwork", "Discriminator", "ESModel", "Encoder")},
+    "gmia.projection.AEGAN": "gmia.projection.model:AEGAN",
+    "gmia.projection.WPlusEncoder": "gmia.projection.model:WPlusEncoder",
+    "gmia.networks.IdentityNet": "gmia.networks.identity:IdentityNet",
+    "gmia.networks.UtilityNet": "gmia.networks.utility:UtilityNet",
+    "gmia.networks.MFMNet": "gmia.networks.mfm:MFMNet",
+    "gmia.networks.AttackerNet": "gmia.networks.attacker:AttackerNet",
+    "gmia.networks.XRVUtility": "gmia.networks.xrv:XRVUtility",
+    "gmia.networks.XRVAutoencoder": "gmia.networks.xrv:XRVAutoencoder",
+    "gmia.decoupling.Decoupler": "gmia.decoupling.decoupler:Decoupler",
+}
+_REGISTRY: dict[str, type[nn.Module]] = {}  # classes added with register_class()
+
+
+def _resolve(name: str) -> type[nn.Module] | None:
+    """The class a card's ``class`` names: a registered one, or one of the table's (its module imported now)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    where = CHECKPOINT_CLASSES.get(name)
+    if where is None:
+        return None
+    module, attr = where.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def register_class(name: str, cls: type[nn.Module]) -> None:
     """Allow ``cls`` in checkpoint cards under ``name``. Re-registering the same pair is a no-op."""
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_class({name!r}, ...): expected an nn.Module subclass, got {cls!r}")
-    if _REGISTRY.get(name, cls) is not cls:
-        raise ValueError(f"checkpoint class name {name!r} is already registered to {_REGISTRY[name].__qualname__}")
-    if any(c is cls and n != name for n, c in _REGISTRY.items()):
+    known = _REGISTRY.get(name) or (CHECKPOINT_CLASSES.get(name) and _resolve(name))
+    if known is not None and known is not cls:
+        raise ValueError(f"checkpoint class name {name!r} is already registered to {known.__qualname__}")
+    if _name_of(cls) not in (None, name):
         raise ValueError(f"{cls.__qualname__} is already registered under another name")
     _REGISTRY[name] = cls
 
 
 def registered_classes() -> dict[str, type[nn.Module]]:
-    """A copy of the registry (card class name -> class)."""
-    return dict(_REGISTRY)
+    """Every class a card may name (card class name -> class); imports the modules of the table."""
+    return {**{name: _resolve(name) for name in CHECKPOINT_CLASSES}, **_REGISTRY}
 
 
-for _cls in (sg2.Generator, sg2.MappingNetwork, sg2.SynthesisNetwork, sg2.Discriminator, sg2.ESModel, sg2.Encoder):
-    register_class(f"stylegan2_ada.{_cls.__name__}", _cls)
+def _name_of(cls: type) -> str | None:
+    """The card name of ``cls``, or None for a class no card may name."""
+    for name, c in _REGISTRY.items():
+        if c is cls:
+            return name
+    return next((name for name, where in CHECKPOINT_CLASSES.items()
+                 if where.endswith(f":{cls.__name__}") and _resolve(name) is cls), None)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -85,9 +118,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _class_name(module: nn.Module) -> str:
-    for name, cls in _REGISTRY.items():
-        if type(module) is cls:
-            return name
+    name = _name_of(type(module))
+    if name is not None:
+        return name
     raise CheckpointError(f"cannot save a {type(module).__qualname__}: its class is not registered; call "
                           f"gmia.checkpoints.register_class(name, {type(module).__name__}) first")
 
@@ -96,18 +129,6 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise CheckpointError(f"checkpoint name {name!r}: use letters, digits, '_', '-' or '.' (no path separators)")
     return name
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary, shareable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_module(
@@ -141,16 +162,14 @@ def save_module(
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
     weights = path_dir / f"{name}.safetensors"
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors writes several in random order,
-    # and the same weights must give the same bytes (the card's sha256 says whether a stage's result changed)
-    os.chmod(tmp, 0o644)  # the writer may create 0600 files; checkpoints are ordinary, shareable files
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})  # one key: safetensors writes several in random
+        # order, and the same weights must give the same bytes (the card's sha256 says whether a result changed)
     card = json.loads(card_text)
     card.update(sha256=sha256_file(weights), dtype=str(dtype or torch.float32).removeprefix("torch."),
                 num_tensors=len(state), num_parameters=sum(p.numel() for p in module.parameters()))
     card_path = path_dir / f"{name}.json"
-    _write_atomic(card_path, (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write(card_path, json.dumps(card, indent=2) + "\n")
     return card_path
 
 
@@ -186,7 +205,7 @@ def write_card(path_dir: str | Path, name: str, class_name: str, kwargs: dict[st
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {name!r}: kwargs and meta must be JSON-serialisable ({exc})") from None
     card_path = Path(path_dir) / f"{name}.json"
-    _write_atomic(card_path, (text + "\n").encode())
+    atomic_write(card_path, text + "\n")
     return card_path
 
 
@@ -208,10 +227,10 @@ def load_module(path_dir: str | Path, name: str, device: str | torch.device = "c
     """Rebuild checkpoint ``name`` from ``path_dir``: verified sha256, registry class, strict load, float32, eval."""
     card = read_card(path_dir, name)
     weights = Path(path_dir) / f"{name}.safetensors"
-    cls = _REGISTRY.get(card["class"])
+    cls = _resolve(card["class"])
     if cls is None:
         raise CheckpointError(f"{weights.with_suffix('.json')}: class {card['class']!r} is not registered; known: "
-                              f"{sorted(_REGISTRY)} (import the module that registers it first)")
+                              f"{sorted({*CHECKPOINT_CLASSES, *_REGISTRY})} (gmia.checkpoints.CHECKPOINT_CLASSES)")
     data = read_verified(path_dir, name, card)
     try:
         state = load_safetensors(data)

@@ -12,6 +12,8 @@ import json
 
 import click
 
+from .cli_options import machine_options, quiet_dry_run
+
 __all__ = ["train"]
 
 
@@ -27,10 +29,8 @@ def _options(f):
         click.option("--seed", type=int, default=None, help="Override the preset's seed."),
         click.option("--batch-size", type=int, default=None, help="Override the preset's batch size."),
         click.option("--lr", type=float, default=None, help="Override the preset's learning rate."),
-        click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ..."),
-        click.option("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 on a busy CPU)."),
-        click.option("--dry-run", is_flag=True, help="Print the resolved config and exit."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
+        machine_options,
+        quiet_dry_run,
     ]
     return functools.reduce(lambda g, opt: opt(g), reversed(opts), f)
 

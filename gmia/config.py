@@ -1,5 +1,5 @@
-"""Presets: one name fixes the domain, the image format, the shipped benchmark data and (as the stages land)
-the networks and their training / anonymization settings.
+"""Presets: one name fixes the domain, the image format, the shipped benchmark data and
+the networks and their training / anonymization settings (each stage's own ``PRESETS`` holds the latter).
 
 Configs are typed dataclasses; a preset is a plain instance in ``PRESETS``. Command-line flags override only
 the fields the user set (see ``override``).
@@ -8,7 +8,7 @@ the fields the user set (see ``override``).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError
 
@@ -73,7 +73,7 @@ def get_preset(name: str) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
 
 
-DEFAULT_PRIVACY = "high"  # measured on phantom-cxr64 (see the README): the first level whose anonymized images the
+DEFAULT_PRIVACY = "high"  # measured on phantom-cxr64 (docs/defaults.md): the first level whose anonymized images the
 #                           independent attacker cannot link to their source (own-source AUC <= 0.65)
 
 

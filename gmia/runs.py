@@ -10,7 +10,6 @@ Resuming is rerunning the same command with --resume: the run folder is the sing
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -22,8 +21,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .fileio import atomic_write_json, jsonable
 
-__all__ = ["environment", "write_config", "StatsWriter", "atomic_write_text", "atomic_write_json", "log"]
+__all__ = ["environment", "command_line", "write_config", "StatsWriter", "log"]
 
 
 def _git_sha() -> str | None:
@@ -42,37 +42,20 @@ def environment() -> dict:
         "platform": platform.platform(), "git_sha": _git_sha(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
         f"cpu, {torch.get_num_threads()} threads ({os.cpu_count()} cores)",  # the threads this run uses
-        "argv": sys.argv,
+        "argv": command_line(),
     }
 
 
-def _jsonable(obj):
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+def command_line() -> list[str]:
+    """The command as a user would type it: ``gmia ...`` (not the path of the script or of the environment it
+    ran from: records and checkpoint cards are shared, and a machine path says nothing to their reader)."""
+    head = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return ["gmia" if head in ("gmia", "__main__.py") else head, *sys.argv[1:]]
 
 
 def write_config(run_dir: str | os.PathLike, config, checkpoints: dict[str, str] | None = None, **extra) -> dict:
     """Write ``run_dir/config.json`` (config + environment + checkpoint hashes) and return it."""
-    record = {"config": _jsonable(config), "environment": environment(), "checkpoints": checkpoints or {}, **extra}
+    record = {"config": jsonable(config), "environment": environment(), "checkpoints": checkpoints or {}, **extra}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(run_dir) / "config.json", record)
     return record
@@ -87,7 +70,7 @@ class StatsWriter:
 
     def write(self, **stats) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable({"time": round(time.time(), 3), **stats})) + "\n")
+            f.write(json.dumps(jsonable({"time": round(time.time(), 3), **stats})) + "\n")
             f.flush()
 
 

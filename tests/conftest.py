@@ -72,3 +72,15 @@ def save_tiny_checkpoints(root, roles=("aegan", "identity", "utility"), override
                                                    generator=torch.Generator().manual_seed(seed))).save(
                 root / "phantom-cxr64")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests (marked ``long``: minutes each) go to the two ends of the run, the first one first and
+    the next one last, and so on. ``make test`` runs on several workers with work stealing (pytest-xdist
+    ``--dist worksteal``), which hands each worker a contiguous share of this order: each long test then opens
+    or closes a different share instead of two of them queueing behind each other on one worker."""
+    long = [item for item in items if item.get_closest_marker("long")]
+    if not long:
+        return
+    rest = [item for item in items if not item.get_closest_marker("long")]
+    items[:] = long[0::2] + rest + long[1::2][::-1]

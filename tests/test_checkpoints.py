@@ -151,3 +151,17 @@ def test_saved_files_are_world_readable(tmp_path, generator):
     save_module(generator, G_KWARGS, tmp_path, "g")
     for suffix in (".safetensors", ".json"):
         assert (tmp_path / f"g{suffix}").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_card_loads_whatever_the_caller_imported():
+    """The class table is explicit: a fresh process that imports only gmia.checkpoints loads every shipped role."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints" / "phantom-cxr64"
+    code = ("import sys; from gmia.checkpoints import load_module; "
+            "print(' '.join(type(load_module(sys.argv[1], n)).__name__ for n in ('aegan', 'identity', 'utility')))")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["AEGAN", "IdentityNet", "UtilityNet"]

@@ -18,12 +18,12 @@ _EXPORTS = {
     **dict.fromkeys(("PRESETS", "AnonymizeConfig", "anonymize_config"), "config"),
     **dict.fromkeys(("IdentityTerm", "Objective", "UtilityTerm", "identity_cosine", "identity_hinge",
                      "utility_distance"), "losses"),
-    **dict.fromkeys(("Finished", "Item", "LatentOptimizer", "decode"), "optimizer"),
+    **dict.fromkeys(("Finished", "Item", "LatentOptimizer", "noise_seeds"), "optimizer"),
     **dict.fromkeys(("Engine", "anonymize_dataset", "load_engine", "parse_shard", "record_seed"), "runner"),
 }
 
 __all__ = ["PRESETS", "AnonymizeConfig", "anonymize_config", "IdentityTerm", "UtilityTerm", "Objective",
-           "identity_cosine", "identity_hinge", "utility_distance", "Item", "Finished", "LatentOptimizer", "decode",
+           "identity_cosine", "identity_hinge", "utility_distance", "Item", "Finished", "LatentOptimizer", "noise_seeds",
            "Engine", "load_engine", "anonymize_dataset", "parse_shard", "record_seed"]
 
 

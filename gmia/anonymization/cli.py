@@ -6,69 +6,11 @@ import json
 
 import click
 
-from ..config import PRIVACY_LEVELS, get_preset
-from ..errors import ConfigError
+from ..cli_options import input_options, machine_options, open_input, quiet_dry_run
+from ..config import PRIVACY_LEVELS
 from .config import PRECISIONS, PRESETS, SPEED_PROFILES, anonymize_config, config_dict
 
-__all__ = ["anonymize", "open_input", "labels_options", "labels_columns", "dicom_policy"]
-
-
-def open_input(preset: str, input_dir: str | None, dataset: str | None, data_root: str | None, split: str | None,
-               labels: str | None = None, image_column: str | None = None, patient_column: str | None = None,
-               findings: str | None = None):
-    """The dataset to anonymize, preprocessed to the preset's channels and resolution. ``labels`` (a CSV) and
-    its columns describe a folder of your own (``--input DIR`` or ``--dataset folder|dicom``)."""
-    from ..data.preprocess import Preprocess
-    from ..data.registry import open_dataset
-    from ..projection.project import open_images
-
-    p = get_preset(preset)
-    if (input_dir is None) == (dataset is None):
-        raise ConfigError("give exactly one input: --input DIR (a phantom or image folder), or --dataset NAME "
-                          "--data-root DIR (mimic, chexpert, nih, folder, dicom)")
-    columns = labels_columns(labels, image_column, patient_column, findings)
-    if input_dir is not None:
-        return open_images(input_dir, split, p.resolution, p.channels, labels, **columns)
-    if data_root is None:
-        raise ConfigError(f"--dataset {dataset} needs --data-root DIR: the folder holding the {dataset} files")
-    kwargs = {"split": split} if split else {}
-    if labels is not None:
-        if dataset not in ("folder", "dicom"):
-            raise ConfigError(f"--labels describes a folder of your own (--input DIR, or --dataset folder/dicom); "
-                              f"--dataset {dataset} reads its own label files")
-        kwargs.update(labels_csv=labels, file_column=columns["image_column"],
-                      patient_column=columns["patient_column"], findings=columns["findings"])
-    return open_dataset(dataset, data_root, preprocess=Preprocess(size=p.resolution, channels=p.channels), **kwargs)
-
-
-def labels_columns(labels: str | None, image_column: str | None, patient_column: str | None,
-                   findings: str | None) -> dict:
-    """The column options of ``--labels`` as keyword arguments (``findings`` "a,b" → ["a", "b"])."""
-    given = [name for name, v in (("--image-column", image_column), ("--patient-column", patient_column),
-                                  ("--findings", findings)) if v is not None]
-    if labels is None and given:
-        raise ConfigError(f"{given[0]} names a column of the labels CSV: add --labels FILE.csv")
-    names = None if findings is None else [f.strip() for f in findings.split(",") if f.strip()]
-    return {"image_column": image_column, "patient_column": patient_column, "findings": names}
-
-
-def labels_options(f):
-    """``--labels FILE.csv [--image-column C] [--patient-column P] [--findings A,B]``: a folder of your own."""
-    options = [
-        click.option("--labels", type=click.Path(dir_okay=False), default=None,
-                     help="CSV for a folder of your own: one row per image (path relative to the folder), finding "
-                          "columns (0/1, empty = unknown) carried into labels.csv, and optionally a patient column."),
-        click.option("--image-column", default=None,
-                     help="Column of --labels holding the image paths (default: image, file, path or filename)."),
-        click.option("--patient-column", default=None,
-                     help="Column of --labels holding the patient id (default: patient or patient_id): groups a "
-                          "patient's images, never written out."),
-        click.option("--findings", default=None,
-                     help="Comma-separated finding columns of --labels (default: every other column)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+__all__ = ["anonymize", "dicom_policy"]
 
 
 def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
@@ -84,11 +26,7 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 
 @click.command()
 @click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
-@click.option("--input", "input_dir", type=click.Path(file_okay=False), default=None,
-              help="A phantom folder, or a folder of your own images or DICOM files (--labels for its findings).")
-@click.option("--dataset", default=None, help="Real dataset adapter: mimic, chexpert, nih, folder, dicom.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Root folder of --dataset.")
-@labels_options
+@input_options
 @click.option("--output-format", type=click.Choice(["dicom", "png"]), default=None,
               help="Released files: dicom (header de-identified by the DICOM PS3.15 Basic Profile, see docs/dicom.md) "
                    "or png. Default: the input's (DICOM files in: dicom; anything else: png).")
@@ -138,13 +76,11 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               help="Also write private/linkage.csv (source → pseudonym). It RE-IDENTIFIES the released set: keep "
                    "it with the source data, never release it.")
 @click.option("--seed", type=int, default=None)
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
-@click.option("--threads", type=int, default=None, help="CPU threads.")
+@machine_options
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 3 when any input could not be read.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse input images declaring more pixels than this, before decoding (default 36 000 000).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_dry_run
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
               lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
               lambda_lesion, lambda_surrogate, surrogate_cos, limit, shard, resume, write_linkage, seed, device,
@@ -169,10 +105,9 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
         click.echo(json.dumps({"out": out, "shard": shard_t, "limit": limit, "config": config_dict(cfg),
                                "input": {"records": len(data), "findings": list(data.findings)}}, indent=2))
         return
-    if threads:
-        import torch  # here, not at the top: `gmia anonymize --help` stays fast
+    from ..machine import set_threads  # here, not at the top: `gmia anonymize --help` stays fast (no torch)
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
     summary = anonymize_dataset(cfg, data, out, checkpoints=checkpoints, device=device, resume=resume,
                                 shard=shard_t, limit=limit, write_linkage=write_linkage, progress=not quiet,
                                 output_format=output_format,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import DEFAULT_PRIVACY, PRIVACY_LEVELS, margin_for, override
 from ..errors import ConfigError
@@ -35,13 +35,18 @@ NOISE_MODES = ("per-image", "const")
 PRECISIONS = ("auto", "auto-bf16", "fp32", "bf16")
 
 
+def _free(default):
+    """A config field that may differ when a run is resumed: it does not change the released images."""
+    return field(default=default, metadata={"free_on_resume": True})
+
+
 @dataclass(frozen=True)
 class AnonymizeConfig:
     """Everything that defines a stage-2 run (and so must match when a run is resumed)."""
 
     preset: str                      # gmia preset: resolution, channels, checkpoints/<preset>/
     margin: float = PRIVACY_LEVELS[DEFAULT_PRIVACY]  # m: private when cos(E_id(x_R), E_id(x_A)) <= m
-    privacy: str | None = DEFAULT_PRIVACY  # the named level m came from (None: an explicit --margin)
+    privacy: str | None = _free(DEFAULT_PRIVACY)  # the named level m came from (None: an explicit --margin)
     # losses (reference: λ_id = λ_ut = 1, L_ut as MSE over the 512 features; the paper writes the L2 norm)
     lambda_id: float = 1.0           # weight of the identity hinge max(0, cos - m)
     lambda_ut: float = 1.0           # weight of the utility distance
@@ -72,7 +77,7 @@ class AnonymizeConfig:
     # projection (w_0 = E(x), optionally refined on reconstruction loss)
     refine_steps: int = 0
     # execution
-    batch_size: int = 32             # images optimized together
+    batch_size: int = _free(32)      # images optimized together (rows are independent: results do not depend on it)
     noise: str = "per-image"         # "per-image": fixed noise seeded from the record key; "const": G's buffers
     precision: str = "auto"          # optimization forward passes: "fp32", "bf16" (autocast), "auto" = bf16 on CUDA,
     #                                  fp32 on CPU (exact batch independence); "auto-bf16" = bf16 on CUDA and on CPUs
@@ -107,29 +112,27 @@ class AnonymizeConfig:
                 raise ConfigError(f"AnonymizeConfig: {message}")
 
 
-# Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values.
-RESULT_FIELDS = ("preset", "margin", "lambda_id", "lambda_ut", "utility_form", "lambda_mdl", "lambda_sem", "lambda_mid",
-                 "mdl_margin", "lambda_lesion", "lambda_surrogate", "surrogate_cos", "goal_steps", "lr", "betas", "eps",
-                 "max_steps", "hinge_slack", "utility_ratio", "patience", "min_improvement", "gate_retries",
-                 "retry_slack", "refine_steps", "noise", "seed", "output_bits")
+# Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values. Every
+# field is one unless marked ``_free`` (a new field is checked on resume until someone shows it is free).
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(AnonymizeConfig) if not f.metadata.get("free_on_resume"))
 
 PRESETS: dict[str, AnonymizeConfig] = {
     # 64 px phantoms: surrogate identities on (surrogate.py), w_0 = E(x) unrefined, lr 0.1, 10 steps of patience.
     # Chosen against the adaptive attacker (experiments/adaptive_attack.py, m = -0.3, 64 test / 192 training
     # images): this setting (surrogate cosine 0.7) gives adaptive AUC 0.617 and E_ut AUROC 0.999 at ~1 image/s;
-    # surrogate cosine 0.5 gave 0.687, and the earlier default (no surrogate, w_0 refined 50 steps, lr 0.03,
+    # surrogate cosine 0.5 gives 0.687, and the hinge-only setting (no surrogate, w_0 refined 50 steps, lr 0.03,
     # patience 20) 0.909 at 0.2 images/s. A refined start keeps more of the source (adaptive 0.804 vs 0.736
     # without, hinge only), and so does polishing utility without a surrogate (0.774).
     # Chest: surrogate cosine 0.9. With the adaptive attacker retrained on 400 anonymized images (make evaluate):
     # 0.686 [0.600, 0.759] at 0.9 against 0.750 [0.664, 0.822] at 0.7, E_ut AUROC 0.997 vs 0.996.
-    # These numbers predate the fidelity-fine-tuned stage 1; with it (sharper G): 0.742 [0.678, 0.804] at 0.9,
-    # 0.704 [0.638, 0.774] at 0.95 (train-on-anonymized gap 0.080 vs 0.054), 0.741 at 0.99: all inside the
-    # intervals, so 0.9 stays. Faces (0.7): 0.845; at 0.95: 0.834 at 0.43 vs 0.69 img/s (README).
+    # These numbers are with a stage 1 without the fidelity fine-tune; with it (sharper G): 0.742 [0.678, 0.804]
+    # at 0.9, 0.704 [0.638, 0.774] at 0.95 (train-on-anonymized gap 0.080 vs 0.054), 0.741 at 0.99: all inside
+    # the intervals, so the preset keeps 0.9. Faces (0.7): 0.845; at 0.95: 0.834 at 0.43 vs 0.69 img/s (docs/results.md).
     "phantom-cxr64": AnonymizeConfig(preset="phantom-cxr64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
                                      privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0,
                                      surrogate_cos=0.9),
     # Faces also keep the lesion map (E_ut segments): on 32 test images lesion Dice 0.28 -> 0.53 with the term,
-    # attacker AUC 0.378 -> 0.366, E_ut AUROC 1.000 both (the previous default: 0.42).
+    # attacker AUC 0.378 -> 0.366, E_ut AUROC 1.000 both (the hinge-only setting: 0.42).
     "phantom-face64": AnonymizeConfig(preset="phantom-face64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
                                       privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0,
                                       lambda_lesion=1.0),
@@ -173,15 +176,15 @@ def anonymize_config(preset: str, privacy: str | None = None, margin: float | No
 
 def config_dict(cfg: AnonymizeConfig) -> dict:
     """JSON-ready dict of the config (tuples become lists)."""
-    return json_ready(dataclasses.asdict(cfg))
+    from ..fileio import jsonable
+
+    return jsonable(cfg)
 
 
-def json_ready(value):
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
+def target_margin(cfg: AnonymizeConfig, attempt: int = 0) -> float:
+    """The cosine a row must reach on its ``attempt``-th try (0 = first): m − hinge_slack − attempt · retry_slack.
+    The slack is headroom for the rounding of the saved file; each gate retry asks for more."""
+    return cfg.margin - cfg.hinge_slack - attempt * cfg.retry_slack
 
 
 def use_bf16(precision: str, device) -> bool:

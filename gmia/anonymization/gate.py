@@ -18,7 +18,7 @@ import torch
 
 from ..data.preprocess import load_image, save_image
 from .losses import identity_cosine
-from .optimizer import decode
+from .optimizer import noise_seeds
 
 __all__ = ["GateResult", "write_and_check", "release"]
 
@@ -38,7 +38,7 @@ def write_and_check(model, e_id, w: torch.Tensor, seeds: list[int], refs_id: tor
     ``writers[i](image, path)``, e.g. a DICOM file with its header), reload them through the same reader as
     any input (``load_image``: Pillow, or ``read_dicom`` for .dcm) and compare E_id of the reloaded pixels with
     ``refs_id`` (n, D)."""
-    x = decode(model, w, seeds, noise).cpu()
+    x = model.render(w, noise_seeds(seeds, noise)).cpu()
     for i, (img, path, b) in enumerate(zip(x, paths, bits)):
         if writers is not None:
             writers[i](img, path)

@@ -9,7 +9,7 @@ per image (``Term.reference``), never per step.
 A term is any object with ``name``, ``weight``, ``reference(x_R) -> Tensor`` and ``loss(x_A, ref, views=None) ->
 Tensor`` (per image); ``Objective`` adds them up. ``views`` (``Views``) hands every term of one step the same
 network passes over x_A, so two terms on one network (E_id: hinge and surrogate; E_ut: features and lesion maps)
-cost one forward and backward pass, not two. The MFM/MDL term of the decoupling issue and the surrogate identity
+cost one forward and backward pass, not two. The MFM/MDL term (``gmia.decoupling.MDLTerm``) and the surrogate identity
 (``surrogate.py``) plug in the same way.
 """
 
@@ -101,21 +101,22 @@ class Term(Protocol):
 
 
 class IdentityTerm:
-    """λ_id · max(0, cos(E_id(x_R), E_id(x_A)) − m); also reports the cosine itself as ``cos_id``."""
+    """λ_id · max(0, cos(E_id(x_R), E_id(x_A)) − m); also reports the cosine itself as ``cos_id``. The margin
+    is given per row at each evaluation (the optimizer's ``target_margin``: m minus the row's slack)."""
 
     name = "id"
 
-    def __init__(self, e_id, margin: float, weight: float = 1.0):
-        self.net, self.margin, self.weight = e_id, float(margin), float(weight)
+    def __init__(self, e_id, weight: float = 1.0):
+        self.net, self.weight = e_id, float(weight)
 
     def reference(self, x_r: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.net.embed(x_r)
 
-    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, margin: torch.Tensor | float | None = None,
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, margin: torch.Tensor | float,
              views: Views | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         cos = identity_cosine(Views.of(x_a, views).embed(self.net), ref)
-        return (cos - (self.margin if margin is None else margin)).clamp_min(0.0), cos
+        return (cos - margin).clamp_min(0.0), cos
 
 
 class UtilityTerm:
@@ -139,7 +140,7 @@ class LesionTerm:
     """λ_les · (1 − soft Dice(E_ut.segment(x_A), E_ut.segment(x_R))): keep the lesion where it was.
 
     E_ut's 512-d feature vector says *whether* there is a lesion, not where: on 32 phantom-face64 test images
-    the anonymized images kept lesion Dice 0.24 (originals 0.98) without this term."""
+    the anonymized images keep lesion Dice 0.24 (originals 0.98) without this term."""
 
     name = "les"
 
@@ -178,7 +179,7 @@ class Objective:
             return {t.name: t.reference(x_r, seeds) if getattr(t, "seeded", False) else t.reference(x_r)
                     for t in self.terms}
 
-    def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor], margin: torch.Tensor | float | None = None,
+    def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor], margin: torch.Tensor | float,
                  goals: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``goals`` (N,) bool: rows whose *goal* terms (``term.goal``, e.g. the surrogate) count; None = all.
         The diagnostics in ``parts`` are unmasked."""

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from .config import AnonymizeConfig, use_bf16
+from .config import AnonymizeConfig, target_margin, use_bf16
 from .losses import Objective
 
-__all__ = ["Item", "Finished", "StepResult", "LatentOptimizer", "decode"]
+__all__ = ["Item", "Finished", "StepResult", "LatentOptimizer", "noise_seeds"]
 
 
 @dataclass
@@ -50,7 +50,8 @@ class Finished:
     utility_start: float
     steps: int               # steps this row ran (all attempts)
     seconds: float           # its share of the batched compute
-    extra: dict = field(default_factory=dict)
+    attempt: int = 0         # 0 on the first try; each gate retry adds one (see ``LatentOptimizer.retry``)
+    refs: dict = field(default_factory=dict)  # its reference features (a retry reuses them)
 
 
 @dataclass
@@ -60,14 +61,10 @@ class StepResult:
     done: torch.Tensor       # (B,) bool: the row stops after this step
 
 
-def decode(model, w: torch.Tensor, seeds: list[int], noise: str = "per-image") -> torch.Tensor:
-    """G(w) clamped to [0, 1], with each image's own fixed noise (``seeds``) or G's constant noise."""
-    if noise == "per-image":
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        x = model.synthesize(w, noise_mode="random", noise_generator=gens)
-    else:
-        x = model.synthesize(w, noise_mode="const")
-    return x.clamp(0.0, 1.0)
+def noise_seeds(seeds: list[int], noise: str = "per-image") -> list[int] | None:
+    """The seeds ``model.render`` takes for the config's ``noise``: each image's own (per-image), or none (G's
+    constant noise)."""
+    return list(seeds) if noise == "per-image" else None
 
 
 class LatentOptimizer:
@@ -86,23 +83,36 @@ class LatentOptimizer:
     def active(self) -> int:
         return len(self.items)
 
-    def add(self, items: list[Item], w0: torch.Tensor, x_r: torch.Tensor, *, budget: int | None = None,
-            slack: float | None = None, refs: dict | None = None, start: dict | None = None) -> None:
-        """Append rows. ``w0`` (n, ...) codes to start from, ``x_r`` (n, C, R, R) sources in [0, 1] (or ``refs``:
-        reference features from an earlier attempt). ``budget``: steps allowed (default max_steps); ``slack``:
-        the hinge must hold with this much headroom (default hinge_slack). ``start``: carried-over counters."""
+    def add(self, items: list[Item], w0: torch.Tensor, x_r: torch.Tensor) -> None:
+        """Append rows: ``w0`` (n, ...) codes to start from, ``x_r`` (n, C, R, R) their sources in [0, 1] (the
+        reference features are computed here, once)."""
+        if items:
+            refs = self.objective.references(x_r.to(self.device), [it.seed for it in items])
+            self._add(items, w0, refs)
+
+    def retry(self, f: Finished) -> bool:
+        """Put a row whose saved file failed the privacy gate back into the batch, from its best code, asking
+        for more headroom (``target_margin`` of its next attempt) and ``max_steps // 2`` more steps; its counters
+        carry over. False when it has used its ``gate_retries``: the caller withholds it."""
+        if f.attempt >= self.cfg.gate_retries:
+            return False
+        self._add([f.item], f.w[None], f.refs, attempt=f.attempt + 1, budget=f.steps + self.cfg.max_steps // 2,
+                  start={"steps": [f.steps], "cos_start": [f.cos_start], "ut_start": [f.utility_start],
+                         "seconds": [f.seconds]})
+        return True
+
+    def _add(self, items: list[Item], w0: torch.Tensor, refs: dict, attempt: int = 0, budget: int | None = None,
+             start: dict | None = None) -> None:
         n = len(items)
-        if n == 0:
-            return
         cfg, dev = self.cfg, self.device
-        refs = self.objective.references(x_r.to(dev), [it.seed for it in items]) if refs is None else refs
         w0 = w0.detach().to(dev, torch.float32)
         start = start or {}
         rows = {
             "w": w0.clone(), "m": torch.zeros_like(w0), "v": torch.zeros_like(w0),
             "t": torch.zeros(n, device=dev), "steps": torch.as_tensor(start.get("steps", [0] * n), device=dev).float(),
             "budget": torch.full((n,), float(cfg.max_steps if budget is None else budget), device=dev),
-            "target": torch.full((n,), cfg.margin - (cfg.hinge_slack if slack is None else slack), device=dev),
+            "attempt": torch.full((n,), attempt, dtype=torch.long, device=dev),
+            "target": torch.full((n,), target_margin(cfg, attempt), device=dev),
             "best_w": w0.clone(), "best_private": torch.zeros(n, dtype=torch.bool, device=dev),
             "best_score": torch.full((n,), math.inf, device=dev), "best_cos": torch.full((n,), math.inf, device=dev),
             "best_ut": torch.full((n,), math.nan, device=dev), "since_best": torch.zeros(n, device=dev),
@@ -126,7 +136,7 @@ class LatentOptimizer:
         w = r["w"].detach().requires_grad_(True)
         refs = {k[4:]: v for k, v in r.items() if k.startswith("ref/")}
         with torch.autocast(**self.autocast):
-            x_a = decode(self.model, w, [it.seed for it in self.items], cfg.noise)
+            x_a = self.model.render(w, noise_seeds([it.seed for it in self.items], cfg.noise))
             goals = r["best_private"] | (r["steps"] < cfg.goal_steps)  # the hinge first (surrogate.py)
             total, parts = self.objective.evaluate(x_a, refs, margin=r["target"], goals=goals)
         total, parts = total.float(), {k: v.float() for k, v in parts.items()}
@@ -197,7 +207,7 @@ class LatentOptimizer:
                         cos_id=float(r["best_cos"][i]), cos_start=float(r["cos_start"][i]),
                         utility=float(r["best_ut"][i]), utility_start=float(r["ut_start"][i]),
                         steps=int(r["steps"][i]), seconds=float(r["seconds"][i]),
-                        extra={"refs": self.references_of(i)})
+                        attempt=int(r["attempt"][i]), refs=self.references_of(i))
                for i in idx]
         keep = torch.ones(len(self.items), dtype=torch.bool, device=done.device)
         keep[idx] = False

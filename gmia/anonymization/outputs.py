@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..runs import atomic_write_json, atomic_write_text
+from ..fileio import append_jsonl, atomic_write, atomic_write_json
 
 __all__ = ["RunFolder", "RELEASE_MTIME"]
 
@@ -148,8 +148,8 @@ class RunFolder:
         """Append one finished record. The released image (if any) is already in place; this line is what
         marks the record done, so a kill before it means the record is redone (same name, same pixels)."""
         if error is not None:
-            _append(self.private / "errors.jsonl", {"source": source_key, "error": error})
-        _append(self.journal_path, row)
+            append_jsonl(self.private / "errors.jsonl", {"source": source_key, "error": error})
+        append_jsonl(self.journal_path, row)
         self.done.add(row["pseudonym"])
 
     # ---- public tables ----------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class RunFolder:
         journal. The linkage is recomputed from the key (pseudonym = HMAC), so it can be asked for at any time."""
         rows = sorted(self.read_journal(all_shards=True), key=lambda r: r["pseudonym"])
         public = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
-        atomic_write_text(self.root / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in public))
+        atomic_write(self.root / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in public))
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["image", *findings])
@@ -167,7 +167,7 @@ class RunFolder:
                 writer.writerow([r.get("image", f"images/{r['pseudonym']}.png"),
                                  *("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
                                    for v in r.get("labels", []))])
-        atomic_write_text(self.root / "labels.csv", buf.getvalue())
+        atomic_write(self.root / "labels.csv", buf.getvalue())
         if linkage_keys is not None:
             recorded = {r["pseudonym"] for r in rows}
             links = sorted((k, p) for k in linkage_keys if (p := self.pseudonym(k)) in recorded)
@@ -175,7 +175,7 @@ class RunFolder:
             writer = csv.writer(buf, lineterminator="\r\n")
             writer.writerow(["source", "pseudonym"])
             writer.writerows(links)
-            atomic_write_text(self.private / "linkage.csv", buf.getvalue())
+            atomic_write(self.private / "linkage.csv", buf.getvalue())
         counts = {s: sum(r["status"] == s for r in rows) for s in ("released", "withheld", "error")}
         run = json.loads((self.root / "run.json").read_text())
         run["summary"] = {**summary, **counts, "records": len(rows)}
@@ -222,10 +222,3 @@ class _RunLock:
             self._file.close()  # closing the descriptor drops the flock
             self._file = None
 
-
-def _append(path: Path, row: dict) -> None:
-    """One JSON line, flushed and fsynced (a crash loses at most the line being written)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -27,11 +27,12 @@ from .. import networks
 from ..checkpoints import read_card
 from ..data.datasets import ImageDataset
 from ..data.adapters.dicom_deid import DicomPolicy, DicomRelease
-from ..data.preprocess import DICOM_SUFFIXES, source_bits
+from ..data.reading import DICOM_SUFFIXES, source_bits
 from ..errors import CheckpointError, ConfigError, GmiaError, InputError
+from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
-from .config import RESULT_FIELDS, AnonymizeConfig, config_dict
+from .config import RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
 from .gate import release, write_and_check
 from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer
@@ -101,7 +102,7 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         extra.append(SurrogateTerm(model, e_id, prior, cfg.surrogate_cos, cfg.lambda_surrogate,
                                    cfg.noise))
         files["latent_prior"] = prior.sha256  # checked against its card when loaded
-    objective = Objective(IdentityTerm(e_id, cfg.margin, cfg.lambda_id),
+    objective = Objective(IdentityTerm(e_id, cfg.lambda_id),
                           UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None, extra)
     shas = {**{role: read_card(folder, role)["sha256"] for role in roles}, **files}
     return Engine(model, e_id, e_ut, objective, shas)
@@ -170,7 +171,7 @@ class _Run:
                 self._error(index, key, pseudonym, exc)
                 continue
             payload = {"pseudonym": pseudonym, "labels": [float(v) for v in sample["labels"]], "bits": bits,
-                       "attempts": 0, "header": header}
+                       "header": header}
             items.append(Item(key=key, seed=record_seed(key, self.cfg.seed), payload=payload))
             images.append(x)
         if items:
@@ -208,7 +209,7 @@ class _Run:
         return {"pseudonym": p["pseudonym"], "status": status, "cos_id_reconstruction": r4(f.cos_start),
                 "cos_id_optimized": r4(f.cos_id), "cos_id_saved": r4(cos_saved), "utility_reconstruction":
                 r4(f.utility_start), "utility": r4(f.utility), "steps": f.steps, "seconds": round(f.seconds, 4),
-                "attempts": p["attempts"] + 1, "bits": p["bits"], "reason": reason, "labels": p["labels"]}
+                "attempts": f.attempt + 1, "bits": p["bits"], "reason": reason, "labels": p["labels"]}
 
     def _finish(self, finished: list[Finished]) -> None:
         """Gate the rows that reached the margin; withhold the others; requeue gate failures with more slack."""
@@ -216,14 +217,14 @@ class _Run:
         for f in finished:
             if not f.private:
                 reason = (f"not private after {f.steps} steps: cos_id {f.cos_id:.4f} > "
-                          f"m - slack = {cfg.margin - cfg.hinge_slack - f.item.payload['attempts'] * cfg.retry_slack:.4f}")
+                          f"m - slack = {target_margin(cfg, f.attempt):.4f}")
                 self.folder.record(self._row(f, "withheld", None, reason), f.item.key)
                 self._count("withheld")
         ready = [f for f in finished if f.private]
         if not ready:
             return
         w = torch.stack([f.w for f in ready])
-        refs = torch.cat([f.extra["refs"]["id"] for f in ready])
+        refs = torch.cat([f.refs["id"] for f in ready])
         suffix = ".png" if self.dicom is None else self.dicom.suffix
         staged = [self.folder.staging_path(f.item.payload["pseudonym"], suffix) for f in ready]
         writers = None if self.dicom is None else [
@@ -241,14 +242,9 @@ class _Run:
                 self._count("released")
                 continue
             g.staged.unlink(missing_ok=True)
-            if p["attempts"] < cfg.gate_retries:  # back into the batch, asking for more headroom
-                p["attempts"] += 1
-                self.opt.add([f.item], f.w[None], None, refs=f.extra["refs"], budget=f.steps + cfg.max_steps // 2,
-                              slack=cfg.hinge_slack + p["attempts"] * cfg.retry_slack,
-                              start={"steps": [f.steps], "cos_start": [f.cos_start], "ut_start": [f.utility_start],
-                                     "seconds": [f.seconds]})
+            if self.opt.retry(f):  # back into the batch, asking for more headroom
                 continue
-            reason = f"saved image above the margin after {p['attempts']} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
+            reason = f"saved image above the margin after {f.attempt} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
             self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key)
             self._count("withheld")
 
@@ -306,7 +302,7 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
     output_format: "png" or "dicom" (None: the input's, see ``resolve_output_format``); ``dicom`` sets the
     released headers' date and patient-characteristics options (DICOM output only).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     engine = engine or load_engine(cfg, checkpoints, device)
     env = environment()
     record = {"stage": "anonymize", "config": config_dict(cfg), "checkpoints": engine.checkpoints,

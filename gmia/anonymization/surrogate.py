@@ -19,7 +19,7 @@ source is that of a random pair of people, neither high nor low. The target is a
 patient of the dataset, so no real person's identity is transferred. The hinge on the source still holds:
 the surrogate term is a goal, the margin m stays the guarantee the privacy gate checks. A row that has not met
 the hinge after ``goal_steps`` drops the goal and spends the rest of its budget on the hinge: at m = −0.7 the
-two pulls can balance short of the margin (10 of 48 images withheld before this rule).
+two pulls can balance short of the margin (without this rule, 10 of 48 images are withheld).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .losses import Views, identity_cosine
-from .optimizer import decode
+from .optimizer import noise_seeds
 
 __all__ = ["SurrogateTerm", "SURROGATE_SALT"]
 
@@ -50,7 +50,7 @@ class SurrogateTerm:
         device = next(self.model.parameters()).device
         salted = [(int(s) ^ SURROGATE_SALT) & (2**63 - 1) for s in seeds]
         with torch.no_grad():
-            return decode(self.model, self.prior.sample(salted, device), salted, self.noise)
+            return self.model.render(self.prior.sample(salted, device), noise_seeds(salted, self.noise))
 
     def reference(self, x_r: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
         if seeds is None or len(seeds) != len(x_r):

@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from gmia.data.preprocess import DICOM_SUFFIXES, IMAGE_SUFFIXES, Geometry, Preprocess, load_image, to_channels
+from gmia.data.preprocess import Geometry, Preprocess
+from gmia.data.reading import DICOM_SUFFIXES, IMAGE_SUFFIXES, load_image, to_channels
 from gmia.errors import ConfigError, InputError
 
 __all__ = ["ImageDataset", "ImageFolder", "PhantomFolder", "split_by_patient", "patient_split"]

@@ -17,9 +17,6 @@ Example::
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +24,12 @@ from typing import NamedTuple
 import kornia
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from gmia.data.reading import (DICOM_SUFFIXES, IMAGE_SUFFIXES, MAX_PIXELS, check_pixel_count, from_uint,
+                               load_image, regular_file, source_bits, to_channels)
 from gmia.errors import ConfigError, InputError
+from gmia.fileio import atomic_file
 
 __all__ = [
     "to_uint8", "to_uint16", "from_uint",
@@ -38,15 +38,8 @@ __all__ = [
     "to_channels", "resize", "square", "apply_geometry", "restore", "Geometry", "Preprocess",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 _SQUARE_MODES = ("pad", "crop", "stretch")
-# Decoded pixels an input may have (36 M: a 6000 × 6000 image; the largest radiographs are about 4300 × 3500).
-# Well below Pillow's own warning threshold (~89 M), and checked before decoding.
-MAX_PIXELS = 36_000_000
-
-
 def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """[0, 1] floats → uint8 (round to nearest, clamp)."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -57,148 +50,6 @@ def to_uint16(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """[0, 1] floats → uint16 (round to nearest, clamp)."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return np.clip(np.rint(a.astype(np.float64) * 65535.0), 0, 65535).astype(np.uint16)
-
-
-def from_uint(a: np.ndarray) -> torch.Tensor:
-    """uint8 / uint16 array → float32 tensor in [0, 1] (dtype decides the scale)."""
-    if a.dtype == np.uint8:
-        scale = 255.0
-    elif a.dtype == np.uint16:
-        scale = 65535.0
-    else:
-        raise TypeError(f"from_uint expects uint8 or uint16, got {a.dtype}")
-    return torch.from_numpy(a.astype(np.float32) / scale)
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-
-def _is_dicom(path: Path) -> bool:
-    suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES:
-        return True
-    if suffix in IMAGE_SUFFIXES or not path.is_file():
-        return False
-    with open(path, "rb") as f:  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
-        head = f.read(132)
-    return head[128:132] == b"DICM"
-
-
-def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
-    """A decoded Pillow image → uint8/uint16 array (H, W) or (H, W, 3), or float32 already in [0, 1]."""
-    mode = im.mode
-    if mode in ("1", "LA", "La"):
-        im = im.convert("L")
-    elif mode.startswith("I;16"):
-        return np.asarray(im).astype(np.uint16)
-    elif mode == "I":
-        a = np.asarray(im)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise InputError(f"{path}: 32-bit integer pixels outside 0..65535; expected 8- or 16-bit "
-                             "grayscale. Re-export it as a 16-bit PNG.")
-        return a.astype(np.uint16)
-    elif mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        if not np.isfinite(a).all() or (a.size and (a.min() < 0 or a.max() > 1)):
-            raise InputError(f"{path}: floating-point pixels outside [0, 1]; expected values in [0, 1]. "
-                             "Rescale it to [0, 1] or re-export it as a 16-bit PNG.")
-        return a
-    elif mode not in ("L", "RGB"):
-        im = im.convert("RGB")  # P, RGBA, CMYK, YCbCr...: alpha is dropped, colour kept
-    return np.asarray(im)
-
-
-def _read_pillow(path: Path, max_pixels: int) -> torch.Tensor:
-    try:
-        with warnings.catch_warnings():  # Pillow's bomb warning: the size is checked here, before decoding
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-        with opened as im:
-            check_pixel_count(im.size[0] * im.size[1], max_pixels, path)  # before decoding: a tiny file can
-            # claim a huge canvas (a 1-bit PNG of 12 000² is 22 KB on disk and 144 M pixels decoded)
-            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation (phone photos): show it upright
-                from PIL import ImageOps
-                im = ImageOps.exif_transpose(im)
-            im.load()
-            a = _pil_to_array(im, path)
-    except InputError:
-        raise
-    except FileNotFoundError as e:
-        raise InputError(f"image file not found: {path}. Check the dataset root and the file paths "
-                         "in its CSV.", reason="image file not found") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"cannot read image {path}: {e}. Expected a PNG, JPEG, TIFF or DICOM file; "
-                         "re-export the file or remove it from the dataset.",
-                         reason="cannot read image: not a decodable PNG, JPEG, TIFF or DICOM file") from e
-    x = torch.from_numpy(a) if a.dtype == np.float32 else from_uint(a)
-    return x[None] if x.ndim == 2 else x.permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
-
-
-def check_pixel_count(pixels: int, max_pixels: int | None, path: object) -> None:
-    """Refuse an image whose declared pixel count is above ``max_pixels``, before any pixel is decoded."""
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
-    if pixels > limit:
-        raise InputError(f"{path}: the image declares {pixels:,} pixels, above the limit of {limit:,}; "
-                         "downscale it first, or raise the limit with --max-pixels if it is genuine.",
-                         reason=f"image too large (more than {limit:,} pixels)")
-
-
-def regular_file(path: Path) -> Path:
-    """``path`` if it is a regular file (symlinks followed); InputError otherwise.
-
-    Only regular files are opened: a FIFO named ``x.png`` would block the reader forever, and a device or a
-    socket is never an image."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise InputError(f"image file not found: {path}. Check the dataset root and the file paths in its CSV.",
-                         reason="image file not found") from None
-    except OSError as e:
-        raise InputError(f"cannot open {path}: {e.strerror}. Check its permissions.",
-                         reason="file not readable") from None
-    if stat.S_ISDIR(mode):
-        raise InputError(f"expected an image file, found a folder: {path}.", reason="not a file")
-    if not stat.S_ISREG(mode):
-        raise InputError(f"{path} is not a regular file (a FIFO, device or socket); only regular image files are "
-                         "read. Remove it from the dataset.", reason="not a regular file")
-    return path
-
-
-def load_image(path: str | os.PathLike, channels: int | None = None, max_pixels: int | None = None) -> torch.Tensor:
-    """Read one image file as float32 (C, H, W) in [0, 1].
-
-    PNG (8/16-bit), JPEG, TIFF and BMP go through Pillow (16-bit → /65535, 8-bit → /255, alpha dropped,
-    EXIF orientation applied); DICOM (``.dcm``/``.dicom`` or a ``DICM`` preamble) goes through
-    :func:`gmia.data.adapters.dicom.read_dicom`. ``channels`` (1 or 3) converts gray ↔ RGB.
-    Only regular files are read, and an image declaring more than ``max_pixels`` (default ``MAX_PIXELS``) is
-    refused before decoding. Raises :class:`InputError` naming the file when it is missing, not a regular
-    file, too large, unreadable or corrupt.
-    """
-    path = regular_file(Path(path))
-    if _is_dicom(path):
-        from gmia.data.adapters.dicom import read_dicom  # lazy: pydicom is only needed for DICOM input
-        x = read_dicom(path, max_pixels=max_pixels)
-    else:
-        x = _read_pillow(path, max_pixels)
-    if channels is not None and x.shape[0] != channels:
-        x = to_channels(x, channels)
-    return x
-
-
-def source_bits(path: str | os.PathLike) -> int:
-    """Bit depth to write an image derived from ``path`` with: 16 for 16-bit PNG/TIFF and DICOM, else 8.
-
-    Reads the header only. An unreadable file gives 8 (reading it properly reports the error)."""
-    path = Path(path)
-    if not path.is_file():  # only regular files are opened (a FIFO would block)
-        return 8
-    try:
-        if _is_dicom(path):
-            return 16
-        with Image.open(path) as im:
-            return 16 if im.mode.startswith("I") else 8
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        return 8
 
 
 def check_image(x: torch.Tensor, channels: int | None = None, size: int | None = None,
@@ -247,34 +98,12 @@ def save_image(x: torch.Tensor | np.ndarray, path: str | os.PathLike, bits: int 
     image = Image.fromarray(np.ascontiguousarray(a))
     options = {"quality": 95} if fmt == "JPEG" else {}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format=fmt, **options)
     return path
 
 
 # ---------------------------------------------------------------------------------------------- tensors
-
-
-def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Gray ↔ RGB on (C, H, W) or (N, C, H, W): 1 → 3 repeats, 3 → 1 is ITU-R 601 luma (as Pillow 'L')."""
-    c = x.shape[-3]
-    if c == channels:
-        return x
-    if c == 1 and channels == 3:
-        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
-    if c == 3 and channels == 1:
-        return kornia.color.rgb_to_grayscale(x)
-    raise ValueError(f"to_channels converts between 1 and 3 channels; got {c} channels → {channels}")
 
 
 def resize(x: torch.Tensor, size: int | tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:

@@ -47,9 +47,9 @@ whole patients; by default every Adam step uses all of them (the objective depen
 these d×d statistics, so this is exact and deterministic); ``batch_patients`` = P instead draws one minibatch of
 P whole patients per step (stochastic statistics, noisier at d ≈ hundreds).
 
-Why this form and not MCR²'s sample form (normalized codes, ½ logdet of each group's n×n Gram): a first
-version used it, chance-corrected. With 4 studies per patient its per-patient term is a 4×4 logdet. On the
-phantom MFM features (d = 512) it was noisy and overfitted: on val the semantic part's identity rate went up.
+Why this form and not MCR²'s sample form (normalized codes, ½ logdet of each group's n×n Gram), even
+chance-corrected: with 4 studies per patient its per-patient term is a 4×4 logdet. On the phantom MFM features
+(d = 512) it is noisy and overfits: on val the semantic part's identity rate goes up.
 The covariance form is exact given the statistics, cheap, and has a closed-form complement.
 
 **Chance correction** (evaluation only). On a few hundred val images a d×d covariance is rank deficient, and

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import load_module, read_card, register_class, save_module
+from ..checkpoints import load_module, read_card, save_module
 from ..errors import CheckpointError, InputError
 from .scatter import ScatterFit
 
@@ -98,8 +98,6 @@ class Decoupler(nn.Module):
         code = f", code_rank={self.code_rank}" if self.code_rank != self.rank else ""
         return f"feature_dim={self.feature_dim}, rank={self.rank}{code}, margin={self.margin:.3f}"
 
-
-register_class("gmia.decoupling.Decoupler", Decoupler)
 
 
 def save_decoupler(dec: Decoupler, folder: str | Path, meta: dict | None = None) -> Path:

@@ -26,6 +26,7 @@ from .. import networks
 from ..checkpoints import read_card
 from ..data.datasets import PhantomFolder
 from ..errors import ConfigError, InputError
+from ..fileio import jsonable
 from ..metrics import verification_scores
 from .coding_rate import CodingRateConfig, fit_coding_rate
 from .decoupler import Decoupler, save_decoupler
@@ -169,7 +170,7 @@ def fit_decoupler(preset: str, data_dir, out_dir, *, mfm_checkpoints="checkpoint
         mfm_sha = None
     meta = {"preset": preset, "method": cfg.method, "config": asdict(cfg), "mfm_sha256": mfm_sha,
             "data": str(data_dir), "findings": findings, "report": report}
-    save_decoupler(dec, out_dir, meta=_json_safe(meta))
+    save_decoupler(dec, out_dir, meta=jsonable(meta))
     if verbose:
         code = f", identity code of {dec.code_rank}" if dec.code_rank != dec.rank else ""
         print(f"decoupler ({cfg.method}): k = {info['rank']} identity coordinates of {dec.feature_dim}{code} "
@@ -178,18 +179,3 @@ def fit_decoupler(preset: str, data_dir, out_dir, *, mfm_checkpoints="checkpoint
         print(format_table(report))
         print(f"saved {Path(out_dir) / 'decoupler.json'}")
     return report
-
-
-def _json_safe(value):
-    """NaN/inf → None and numpy scalars → Python (checkpoint cards are strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

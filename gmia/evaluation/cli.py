@@ -10,7 +10,7 @@ import dataclasses
 
 import click
 
-from ..anonymization.cli import labels_columns, labels_options
+from ..cli_options import labels_columns, labels_options, machine_options
 from ..config import PRESETS
 
 __all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "report_cmd", "COMMANDS"]
@@ -18,16 +18,13 @@ __all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "report_cmd", "COMMANDS"]
 _preset = click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
 _ckpt = click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
                      help="Folder holding <preset>/{attacker,identity,utility,mfm,aegan}.*")
-_device = click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
-_threads = click.option("--threads", type=int, default=None, help="CPU threads.")
 _boot = click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for 95% intervals (0: none).")
 
 
 def _set_threads(threads):
-    if threads:
-        import torch
+    from ..machine import set_threads  # torch: only when a command runs
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 @click.command("evaluate")
@@ -44,8 +41,7 @@ def _set_threads(threads):
 @_boot
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N released images.")
 @click.option("--adaptive-epochs", type=int, default=None, help="Epochs of the adaptive attacker's retraining.")
-@_device
-@_threads
+@machine_options
 def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, labels, image_column, patient_column,
                  findings, bootstrap, limit, adaptive_epochs, device, threads):
     """Privacy (independent + adaptive attacker), control, utility, fidelity, record-level privacy."""
@@ -79,8 +75,7 @@ def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, label
 @click.option("--samples", type=int, default=None, help="Generated samples K for the nearest-sample attack.")
 @click.option("--refine-steps", type=int, default=None, help="Latent optimization steps of the white-box attack.")
 @_boot
-@_device
-@_threads
+@machine_options
 def mia_cmd(preset, members, nonmembers, out, members_split, nonmembers_split, latent_fit, latent_fit_split,
             reference_checkpoint, checkpoints, limit, samples, refine_steps, bootstrap, device, threads):
     """Membership inference against the stage-1 generator (GAN-Leaks style, calibrated)."""
@@ -105,8 +100,7 @@ def mia_cmd(preset, members, nonmembers, out, members_split, nonmembers_split, l
 @click.option("--batch-size", type=int, default=None, help="Stage-2 batch size.")
 @_ckpt
 @_boot
-@_device
-@_threads
+@machine_options
 def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_size, checkpoints, bootstrap, device,
               threads):
     """Anonymize + evaluate at several margins: curve.csv and curve.png (attacker AUC vs. utility AUROC)."""

@@ -23,19 +23,20 @@ describe what is released. A network that is missing leaves its section as {"ski
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import networks
+from .. import data, networks
 from ..checkpoints import read_card
 from ..config import get_preset
 from ..errors import CheckpointError, InputError
-from ..projection.project import load_aegan, open_images
-from ..runs import atomic_write_json, log
+from ..projection.project import load_aegan
+from ..fileio import atomic_write_json, jsonable
+from ..machine import resolve_device
+from ..runs import log
 from . import plots
 from .adaptive import AdaptiveConfig, train_adaptive_attacker
 from .fidelity import frechet_distance, image_fidelity, perceptual_metric
@@ -43,7 +44,7 @@ from .privacy import reid_metrics, reid_pairs, record_privacy, roc_points
 from .records import batched, load_anonymized, load_real, match, read_anonymized
 from .utility import classifier_utility, lesion_dice, probe_two_fold, probe_utility, run_net
 
-__all__ = ["EvalConfig", "evaluate", "load_networks", "clean_json"]
+__all__ = ["EvalConfig", "evaluate", "load_networks"]
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,6 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
-
-
-def clean_json(obj):
-    """Strict JSON: NaN/inf → None, numpy scalars → Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _folder(preset: str, root: Path, name: str) -> Path:
@@ -199,7 +187,7 @@ def stage1_reconstructions(model, x: torch.Tensor, keys: list[str], run_config: 
                            device) -> torch.Tensor:
     """The images stage 2 started from: the run's projection (E(x), refined for its ``refine_steps``) rendered
     with its noise (per-image seeds from the record keys), so the control matches what was optimized."""
-    from ..anonymization import decode, record_seed
+    from ..anonymization import noise_seeds, record_seed
     from ..projection.project import project_codes
 
     refine, noise = int(run_config.get("refine_steps", 0)), run_config.get("noise", "const")
@@ -209,7 +197,7 @@ def stage1_reconstructions(model, x: torch.Tensor, keys: list[str], run_config: 
         xs = x[s:s + batch_size].to(device)
         w = project_codes(model, xs, refine, noise_seeds=seeds if noise == "per-image" else None)
         with torch.no_grad():
-            out.append(decode(model, w, seeds, noise).cpu())
+            out.append(model.render(w, noise_seeds(seeds, noise)).cpu())
     return torch.cat(out) if out else x[:0]
 
 
@@ -224,12 +212,12 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
     Returns the metrics dict that is written to ``out_dir/metrics.json``.
     """
     # ---- set up: data, linkage, networks
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     p = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    real = open_images(real_dir, None, p.resolution, p.channels, labels, image_column=image_column,
-                       patient_column=patient_column, findings=findings)
+    real = data.open(real_dir, size=p.resolution, channels=p.channels, labels=labels, image_column=image_column,
+                     patient_column=patient_column, findings=findings)
     anon = read_anonymized(anon_dir)
     if cfg.limit is not None:
         anon.pseudonyms, anon.sources = anon.pseudonyms[:cfg.limit], anon.sources[:cfg.limit]
@@ -301,7 +289,7 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
         "config": asdict(cfg), "networks": shas,
         "privacy": privacy, "control": control, "utility": utility, "fidelity": fidelity, "record_privacy": record,
     }
-    metrics = clean_json(metrics)
+    metrics = jsonable(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
     _figures(out_dir, cfg, x_src, x_rec, x_anon, anon, cohort, e_anon, e_src, e_rec, e_gal, gal_patient)
     a = privacy["attacker"]

@@ -38,13 +38,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
-from .. import metrics
+from .. import data, metrics
 from ..config import get_preset
 from ..errors import InputError
+from ..fileio import atomic_write_json, jsonable
+from ..machine import resolve_device
 from ..projection.prior import LatentPrior
-from ..projection.project import is_phantom_folder, load_aegan, open_images, project_images
-from ..runs import atomic_write_json, log
-from .evaluate import _folder, clean_json
+from ..projection.project import load_aegan, project_images
+from ..runs import log
+from .evaluate import _folder
 from .privacy import fast_auc
 from .records import load_real
 
@@ -155,15 +157,15 @@ def membership_inference(preset: str, members: str | Path, nonmembers: str | Pat
 
     Splits apply to phantom folders only (pass None for plain image folders).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     p = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = _folder(preset, Path(checkpoints), "aegan")
     model = load_aegan(folder, device)
     reference = load_aegan(reference_checkpoint, device) if reference_checkpoint else None
-    opened = lambda d, s: open_images(d, s if is_phantom_folder(d) else None,  # noqa: E731
-                                      p.resolution, p.channels)
+    opened = lambda d, s: data.open(d, split=s if data.is_phantom_folder(d) else None,  # noqa: E731
+                                    size=p.resolution, channels=p.channels)
     m_ds, n_ds = opened(members, members_split), opened(nonmembers, nonmembers_split)
     overlap = set(m_ds.patients()) & set(n_ds.patients())
     if overlap:
@@ -182,7 +184,7 @@ def membership_inference(preset: str, members: str | Path, nonmembers: str | Pat
     names = np.array(m_ds.patients())[m_idx].tolist() + np.array(n_ds.patients())[n_idx].tolist()
     groups = np.unique(names, return_inverse=True)[1]
     attacks = {k: attack_metrics(s_m[k], s_n[k], groups, cfg.bootstrap, cfg.seed) for k in s_m}
-    result = clean_json({
+    result = jsonable({
         "inputs": {"preset": preset, "members": f"{members} (split {members_split})",
                    "nonmembers": f"{nonmembers} (split {nonmembers_split})", "latent_fit": fit_desc,
                    "reference_checkpoint": None if reference_checkpoint is None else str(reference_checkpoint),

@@ -1,7 +1,7 @@
 """Reading what an evaluation compares: the real dataset, an anonymized run folder, and the link between them.
 
     anon = read_anonymized("outputs/anon")            # released images + their (private) source keys
-    real = open_images("data/phantom-cxr64", None, 64, 1)
+    real = data.open("data/phantom-cxr64", size=64, channels=1)
     cohort = match(real, anon)                         # indices of sources, patients, reference pools
 
 The anonymized folder is the one ``gmia anonymize`` writes (see ``gmia.anonymization.outputs``). Evaluation

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..runs import atomic_write_text
+from ..fileio import atomic_write
 
 __all__ = ["write_report", "SECTIONS", "ACCEPTANCE"]
 
@@ -31,7 +31,7 @@ ACCEPTANCE = (
     ("attacker re-identifies originals (other study)", ("control", "attacker_on_originals", "auc_same_patient_other_study"), ">=", 0.95),
     ("attacker re-identifies reconstructions (other study)", ("control", "attacker", "auc_same_patient_other_study"), ">=", 0.90),
     ("attacker on anonymized, own source", ("privacy", "attacker", "auc_own_source"), "<=", 0.65),
-    # stricter than the issue: an AUC far below 0.5 links too (reverse the ranking), so bound max(AUC, 1 - AUC)
+    # stricter than the AUC bar above: an AUC far below 0.5 links too (reverse the ranking), so bound max(AUC, 1 - AUC)
     ("attacker linkability max(AUC, 1 - AUC), own source", ("privacy", "attacker", "auc_own_source_linkability"),
      "<=", 0.65),
     ("adaptive attacker on anonymized, own source", ("privacy", "adaptive_attacker", "auc_own_source"), "<=", 0.70),
@@ -172,5 +172,5 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, sweep: str
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
             f"<body><h1>{title}</h1><p>{nav}</p>{body}</body></html>\n")
     out = Path(out) if out else eval_dir / "report.html"
-    atomic_write_text(out, page)
+    atomic_write(out, page)
     return out

@@ -19,10 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..anonymization import anonymize_config, anonymize_dataset
+from .. import data
 from ..config import get_preset
 from ..errors import ConfigError
-from ..projection.project import is_phantom_folder, open_images
-from ..runs import atomic_write_json, atomic_write_text, log
+from ..fileio import atomic_write, atomic_write_json
+from ..runs import log
 from .evaluate import EvalConfig, evaluate
 from .plots import curve_plot
 
@@ -83,8 +84,8 @@ def sweep(preset: str, margins: list[float], input_dir: str | Path, out_dir: str
     p = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = split if is_phantom_folder(input_dir) else None
-    dataset = open_images(input_dir, split, p.resolution, p.channels)
+    split = split if data.is_phantom_folder(input_dir) else None
+    dataset = data.open(input_dir, split=split, size=p.resolution, channels=p.channels)
     rows = []
     for margin in margins:
         run = out_dir / f"m{margin:+.2f}"
@@ -100,7 +101,7 @@ def sweep(preset: str, margins: list[float], input_dir: str | Path, out_dir: str
     writer = csv.DictWriter(buf, fieldnames=list(CURVE_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows([{k: ("" if r[k] is None else r[k]) for k in CURVE_COLUMNS} for r in rows])
-    atomic_write_text(out_dir / "curve.csv", buf.getvalue())
+    atomic_write(out_dir / "curve.csv", buf.getvalue())
     curve_plot(rows, out_dir / "curve.png")
     monotone = is_monotone(rows, tolerance=tolerance)
     atomic_write_json(out_dir / "curve.json", {"preset": preset, "input": str(input_dir), "split": split,

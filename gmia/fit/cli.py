@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..anonymization.cli import labels_options
+from ..cli_options import input_options, machine_options, quiet_dry_run
 from ..config import PRESETS
 
 __all__ = ["fit_command", "import_weights_command"]
@@ -12,11 +12,7 @@ __all__ = ["fit_command", "import_weights_command"]
 
 @click.command("fit")
 @click.option("--preset", default="gmia-cxr256", show_default=True, type=click.Choice(list(PRESETS)))
-@click.option("--input", "input_dir", type=click.Path(file_okay=False), default=None,
-              help="A folder of your own images or DICOM files (--labels for its findings), or a phantom folder.")
-@click.option("--dataset", default=None, help="Dataset adapter: mimic, chexpert, nih, folder, dicom.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Root folder of --dataset.")
-@labels_options
+@input_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Checkpoint folder to fill (what `gmia anonymize --checkpoints` takes). Rerun to resume.")
 @click.option("--variant", type=click.Choice(["tiny"]), default=None,
@@ -24,13 +20,11 @@ __all__ = ["fit_command", "import_weights_command"]
 @click.option("--set", "sets", multiple=True, metavar="STAGE.FIELD=VALUE",
               help="Change one setting of a stage (STAGE may be a glob), e.g. aegan.kimg=200, 'aegan*.batch=32'.")
 @click.option("--only", multiple=True, metavar="STAGE", help="Run only these stages (their inputs must be done).")
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available; torchrun: each rank's GPU).")
-@click.option("--threads", type=int, default=None, help="CPU threads (1 is fastest on a busy, shared CPU).")
+@machine_options
 @click.option("--workers", type=int, default=None, help="Processes that decode images for the one-time cache.")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None,
               help="torchvision AlexNet weights for stage 1's LPIPS term (else the trained MFM stands in).")
-@click.option("--dry-run", is_flag=True, help="Print the stage list (and the data's splits) and exit.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_dry_run
 def fit_command(preset, input_dir, dataset, data_root, out, variant, sets, only, device, threads, workers,
                 lpips_weights, dry_run, quiet, labels=None, image_column=None, patient_column=None, findings=None):
     """Train every network of a preset on your data: E_id, E_ut, the MFM and its decoupler, the attacker,

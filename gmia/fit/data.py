@@ -32,7 +32,8 @@ import torch
 
 from ..config import get_preset
 from ..errors import ConfigError, InputError
-from ..runs import atomic_write_json, log
+from ..fileio import atomic_write, atomic_write_json
+from ..runs import log
 
 __all__ = ["DataSpec", "FitData", "CachedImages", "prepare_data", "SPLITS", "FRACTIONS"]
 
@@ -60,7 +61,7 @@ class DataSpec:
 
 def open_spec(preset: str, spec: DataSpec):
     """The dataset of ``spec``, preprocessed to the preset's channels and resolution."""
-    from ..anonymization.cli import open_input
+    from ..cli_options import open_input
 
     return open_input(preset, spec.input, spec.dataset, spec.data_root, None, spec.labels, spec.image_column,
                       spec.patient_column, spec.findings)
@@ -245,11 +246,7 @@ class FitData:
 def _patient_key(work: Path) -> bytes:
     path = work / "private" / "patient.key"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".patient.key.tmp{os.getpid()}")
-        tmp.write_bytes(secrets.token_bytes(32))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        atomic_write(path, secrets.token_bytes(32), mode=0o600)
     return path.read_bytes()
 
 

@@ -34,12 +34,13 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 
+from .. import machine
 from ..checkpoints import read_card, sha256_file
 from ..config import get_preset
 from ..errors import CheckpointError, ConfigError, GmiaError
-from ..runs import atomic_write_json, environment, log
+from ..fileio import atomic_path, atomic_write_json
+from ..runs import environment, log
 from .data import DataSpec, prepare_data
 from .recipe import Stage, recipe
 from .stages import KINDS, FitContext, stage_dir
@@ -264,9 +265,8 @@ def _export(folder: Path, name: str, out: Path) -> None:
     """Copy ``name``'s weights, then its card, into ``out`` (each by rename: never half a file)."""
     for suffix in (".safetensors", ".json"):
         src, dst = folder / f"{name}{suffix}", out / f"{name}{suffix}"
-        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def stage_key(stage: Stage, ctx: FitContext, inputs: dict) -> str:
@@ -322,10 +322,7 @@ def fit(preset: str, spec: DataSpec, out, *, variant: str | None = None, overrid
     selected = set(s.name for s in recipe(preset, variant, overrides, only)) if only else set(names)
     rank, world = _rank()
     out = Path(out)
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with machine.threads(threads):
         ctx = FitContext(preset=preset, out=out, data=None, stages={s.name: s for s in stages}, device=device,
                          progress=progress and rank == 0, lpips_weights=lpips_weights, rank=rank, world_size=world)
         for s in stages:  # every stage's settings resolve (a typo in --set fails here, before any work)
@@ -349,5 +346,3 @@ def fit(preset: str, spec: DataSpec, out, *, variant: str | None = None, overrid
                 pipeline.shas[s.name] = found
         pipeline.stages = tuple(s for s in stages if s.name in selected)
         return pipeline.run()
-    finally:
-        torch.set_num_threads(previous)

@@ -29,7 +29,9 @@ import torch
 from ..checkpoints import read_card
 from ..config import get_preset, override
 from ..errors import ConfigError
-from ..runs import atomic_write_json, log
+from ..fileio import atomic_write_json
+from ..machine import resolve_device
+from ..runs import log
 from .data import FitData, check_labels
 from .recipe import Stage
 
@@ -57,7 +59,7 @@ class FitContext:
         return self.out / "work" / name
 
     def resolved_device(self) -> str:
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return self.device or str(resolve_device(None))
 
 
 def _known(stage: Stage, allowed: tuple[str, ...]) -> dict:
@@ -181,14 +183,14 @@ class Aegan:
         if name == "train":
             return ctx.data.images("train"), {"root": ctx.data.spec.describe(), "split": "train",
                                               "fingerprint_fit": ctx.data.fingerprint}
-        from ..projection.project import open_images
+        from ..data import open as open_data
 
         pool = ctx.stages.get(name)
         if pool is None or pool.kind != "pool":
             raise ConfigError(f"stage {stage.name!r}: data {name!r} is neither 'train' nor a pool stage")
         p = get_preset(ctx.preset)
         root = ctx.work(name) / "images"
-        return open_images(root, None, p.resolution, p.channels), {"root": str(root), "split": None, "pool": name}
+        return open_data(root, size=p.resolution, channels=p.channels), {"root": str(root), "split": None, "pool": name}
 
     def run(self, stage, ctx):
         from ..projection.losses import build_perceptual

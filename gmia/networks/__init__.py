@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_module, read_card, register_class
+from ..checkpoints import load_module, read_card
 from ..config import PRESETS as _PRESETS
 from ..errors import CheckpointError, ConfigError
 from .attacker import AttackerNet
@@ -34,7 +34,7 @@ from .xrv import XRVAutoencoder, XRVUtility
 __all__ = ["ROLES", "ROLE_CLASSES", "load", "checkpoint_dir", "checkpoint_roots", "looked_in", "FrozenNet", "IdentityNet", "UtilityNet", "MFMNet",
            "AttackerNet", "XRVUtility", "XRVAutoencoder"]
 
-# Checkpoint class names (stored in cards) → classes. Explicit, so no class is ever resolved from a string.
+# Checkpoint class names (stored in cards; gmia.checkpoints.CHECKPOINT_CLASSES) → classes of this package.
 _CLASSES: dict[str, type[FrozenNet]] = {
     "gmia.networks.IdentityNet": IdentityNet,
     "gmia.networks.UtilityNet": UtilityNet,
@@ -43,8 +43,6 @@ _CLASSES: dict[str, type[FrozenNet]] = {
     "gmia.networks.XRVUtility": XRVUtility,
     "gmia.networks.XRVAutoencoder": XRVAutoencoder,
 }
-for _name, _cls in _CLASSES.items():
-    register_class(_name, _cls)
 
 # The classes a checkpoint of each role may hold.
 ROLE_CLASSES: dict[str, tuple[type[FrozenNet], ...]] = {

@@ -1,7 +1,7 @@
 """The medical foundation model (MFM) stand-in: a general-purpose image encoder trained without labels.
 
 Stage 2 uses it through ``features(x)`` only, frozen. Its features must carry *both* identity and findings
-(the MDL decoupler later splits them). Two label-free objectives are implemented in
+(the MDL decoupler splits them apart). Two label-free objectives are implemented in
 gmia/networks/training: contrastive (SimCLR: two augmented views of an image must find each other in the
 batch; the default, chosen on linear-probe numbers, see ``MFMConfig``) and a masked (denoising) autoencoder,
 for which this class also holds a decoder.

@@ -191,7 +191,7 @@ def import_weights(role: str, src, out, preset: str = "gmia-cxr256", fmt: str = 
                    finding_names: tuple[str, ...] | None = None) -> Path:
     """Write ``<out>/<role>.safetensors`` + card from the weights file ``src``; returns the card's path."""
     from ..checkpoints import read_card, save_module, sha256_file
-    from ..runs import atomic_write_json
+    from ..fileio import atomic_write_json
 
     src = Path(src)
     source = {"file": src.name, "sha256": sha256_file(src) if src.is_file() else None, "format": fmt}

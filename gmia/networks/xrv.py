@@ -90,8 +90,8 @@ def _resolve(path, weights: str, registry: dict, allow_download: bool, what: str
         where = f"at {path}" if path is not None else "(no path given)"
         raise CheckpointError(
             f"torchxrayvision {what} weights '{weights}' not found {where}. Download the file yourself "
-            f"(`wget {url} -O {path or Path(url).name}`) and pass its path, or pass allow_download=True "
-            "(CLI: --allow-download) to let gmia fetch it once.")
+            f"(`wget {url} -O {path or Path(url).name}`) and pass its path (CLI: `gmia import-weights --format "
+            "xrv ROLE FILE`), or, from Python, pass allow_download=True to let gmia fetch it once.")
     target = path if path is not None else Path.home() / ".torchxrayvision" / Path(url).name
     target.parent.mkdir(parents=True, exist_ok=True)
     _xrv().utils.download(url, str(target))

@@ -1,11 +1,13 @@
 """Stage 1: the AE-GAN (encoder E to W/W+, StyleGAN2 synthesis G, discriminator D), its co-training, and the
 projection of images to latent codes.
 
-    from gmia.projection import aegan_config, train_aegan, open_images, load_aegan, project_dataset
+    from gmia import data
+    from gmia.projection import aegan_config, train_aegan, load_aegan, project_dataset
     cfg = aegan_config("phantom-cxr64", kimg=50)
-    train_aegan(cfg, open_images("data/phantom-cxr64", "train", 64, 1), "runs/00000-aegan-cxr64")
+    train_aegan(cfg, data.open("data/phantom-cxr64", split="train", size=64, channels=1), "runs/00000-aegan-cxr64")
     model = load_aegan("runs/00000-aegan-cxr64/checkpoint")
-    project_dataset(model, open_images("data/phantom-cxr64", "test", 64, 1), "out/projection", refine_steps=100)
+    test = data.open("data/phantom-cxr64", split="test", size=64, channels=1)
+    project_dataset(model, test, "out/projection", refine_steps=100)
 
 Importing this package registers ``AEGAN`` and ``WPlusEncoder`` with gmia.checkpoints.
 """
@@ -13,13 +15,13 @@ Importing this package registers ``AEGAN`` and ``WPlusEncoder`` with gmia.checkp
 from .config import PRESETS, AeganConfig, ProjectionConfig, aegan_config
 from .losses import FeatureLoss, LpipsLoss, PerceptualLoss, ReconstructionLoss, build_perceptual
 from .model import AEGAN, WPlusEncoder
-from .project import (LatentRefiner, load_aegan, open_images, project_dataset, project_images, reconstruction_metrics,
+from .project import (LatentRefiner, load_aegan, project_dataset, project_images, reconstruction_metrics,
                       run_projection)
 from .training import TrainResult, train_aegan, training_step
 
 __all__ = [
     "AEGAN", "AeganConfig", "FeatureLoss", "LatentRefiner", "LpipsLoss", "PRESETS", "PerceptualLoss",
     "ProjectionConfig", "ReconstructionLoss", "TrainResult", "WPlusEncoder", "aegan_config", "build_perceptual",
-    "load_aegan", "open_images", "project_dataset", "project_images", "reconstruction_metrics", "run_projection",
+    "load_aegan", "project_dataset", "project_images", "reconstruction_metrics", "run_projection",
     "train_aegan", "training_step",
 ]

@@ -1,8 +1,8 @@
-"""Click commands of stage 1: ``aegan`` (for the ``gmia train`` group) and ``project`` (top level).
+"""Click commands of stage 1: ``aegan`` (for the ``gmia train`` group), ``project`` and ``fit-prior`` (top level).
 
 Each reads options, resolves a config (flags override only what they set), and calls one library function;
-``--dry-run`` prints the resolved config. The lead wires them: ``train.add_command(aegan)``,
-``cli.add_command(project)``.
+``--dry-run`` prints the resolved config. ``gmia.cli_train`` adds ``aegan`` to the ``gmia train`` group, and
+``gmia.cli`` loads ``project`` and ``fit_prior_command`` from its table of commands.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
+from ..cli_options import machine_options
+from ..machine import set_threads
 from .config import PERCEPTUAL_KINDS, PRESETS, ProjectionConfig, aegan_config, config_dict
 
 __all__ = ["aegan", "project", "fit_prior_command"]
@@ -48,8 +49,7 @@ _PERCEPTUAL = click.Choice(PERCEPTUAL_KINDS)
 @click.option("--split", default=None,
               help="Phantom split to train on (default train; 'all': every image). Plain image folders: all images.")
 @click.option("--seed", type=int, default=None)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-@click.option("--threads", type=int, default=None, help="CPU threads (1 is fastest on a busy, shared CPU).")
+@machine_options
 @click.option("--resume", is_flag=True, help="Continue from the newest snapshot in --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -57,7 +57,7 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
           lambda_gan, lr, freeze_generator, synthetic_fraction, e_channel_base, e_channel_max, fresh_encoder,
           grow_encoder, init_from, split, seed, device, threads, resume, dry_run, quiet):
     """Stage 1: co-train the encoder and generator against a discriminator (AE-GAN)."""
-    from .project import is_phantom_folder, open_images
+    from ..data import is_phantom_folder, open as open_data
     from .training import train_aegan
 
     data = data or f"data/{preset}"
@@ -73,9 +73,8 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
     if dry_run:
         click.echo(json.dumps({"data": data, "out": out, "resume": resume, "config": config_dict(cfg)}, indent=2))
         return
-    if threads:
-        torch.set_num_threads(threads)  # this process is the command's own
-    dataset = open_images(data, cfg.split, cfg.resolution, cfg.img_channels)
+    set_threads(threads)  # this process is the command's own
+    dataset = open_data(data, split=cfg.split, size=cfg.resolution, channels=cfg.img_channels)
     info = {"root": str(data), "split": cfg.split, "phantom": getattr(dataset, "card", None)}
     result = train_aegan(cfg, dataset, out, resume=resume, device=device, progress=not quiet, data_info=info)
     if result.interrupted:
@@ -98,11 +97,11 @@ def aegan(preset, data, out, kimg, batch, latent, perceptual, lpips_weights, lam
 @click.option("--batch-size", type=int, default=None)
 @click.option("--perceptual", type=_PERCEPTUAL, default=None)
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), default=None)
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+@machine_options
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, refine_space, lambda_ssim, batch_size,
-            perceptual, lpips_weights, device, dry_run, quiet):
+            perceptual, lpips_weights, device, threads, dry_run, quiet):
     """Project images to latent codes; write latents, reconstructions and metrics.json."""
     from .project import run_projection
 
@@ -115,6 +114,7 @@ def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, 
         click.echo(json.dumps({"input": input_dir, "out": out, "checkpoint": str(checkpoint), "preset": preset,
                                "config": dataclasses.asdict(cfg)}, indent=2))
         return
+    set_threads(threads)
     run_projection(cfg, preset, input_dir, out, checkpoint, device=device, progress=not quiet)
 
 
@@ -130,9 +130,8 @@ def project(preset, input_dir, out, checkpoint, split, refine_steps, refine_lr, 
 def fit_prior_command(preset, data, split, checkpoint, limit, threads):
     """Fit the Gaussian latent prior (surrogate identities, MIA sampling) to E(x) of training images."""
     from .prior import fit_prior
-    from .project import is_phantom_folder
+    from ..data import is_phantom_folder
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     folder = Path(checkpoint or Path("checkpoints") / preset)
     fit_prior(folder, data, split if is_phantom_folder(data) else None, limit)

@@ -9,7 +9,7 @@ max 512, one w broadcast to 14 style inputs, images in [0, 1] raw, 10·MSE + 10�
 R1 γ = 1 every 16 minibatches, path length 2 every 4, batch 128, Adam lr 0.0025 betas (0, 0.99), G_ema half-life
 20 kimg, flip + 15° rotation, 25 000 kimg scheduled (the shipped GMIA generator stopped at 6 854).
 
-The 64-px phantom presets are sized for a shared 2-core CPU. Measured on this machine (1 thread, batch 16,
+The 64-px phantom presets are sized for a shared 2-core CPU. Measured on such a CPU (1 thread, batch 16,
 fwd + bwd, ms/image; ``experiments/bench_aegan_step.py`` prints the whole step):
     channel_base/max   channels 4..64            E     G     D
     2048 / 128         128,128,128,64,32        39    47    39
@@ -27,7 +27,8 @@ No perceptual term at 64 px: with the MFM as the offline perceptual network a st
 (20-30 kimg/h), without it ~60 ms/image (~60 kimg/h) — twice the images in the same CPU time, and pixel MSE
 already sees every structure that matters at this size (``--perceptual mfm --lambda-perc 1`` turns it
 back on).
-The shipped checkpoints trained 100 kimg (1 h 34 min of steps on one shared CPU core; see their cards).
+The shipped checkpoints' co-training ran 100 kimg for the chest preset (1 h 34 min of steps on one shared CPU
+core) and 60 kimg for the face preset; see their cards.
 Batch 16 (more updates per kimg than 32 at the same cost per image); R1 γ from the StyleGAN2-ADA "auto" rule
 0.0002·R²/batch ≈ 0.05; EMA half-life batch·10/32 = 5 kimg with ramp-up 0.05. Augmentation: the phantoms already
 vary pose per study, so only mild extras: ±5° rotation for chest (no flip: laterality is anatomy), horizontal
@@ -36,12 +37,13 @@ thread (20-30 kimg/h); with 2 threads while other jobs ran, 700 ms/image: train 
 
 Fidelity fine-tune (second phase of the shipped weights, ``make train-phantom``): after co-training, E and G
 train on their own from the co-trained export (``--init-from``) with λ_gan = 0 and λ_ssim = 1 (1 - SSIM beside
-10·MSE) for 60 kimg. Why: by 100 kimg the GAN term (0.1 · 0.77) outweighed the MSE term (10 · 0.005) and the
-train-grid SSIM had flattened (0.62 at 54 kimg, 0.65 at 100). Measured on the chest preset from the 100-kimg
+10·MSE) for 880 kimg (60 on the CPU, then 820 on a GPU: ``experiments/gpu_finetune_stage1.sh``). Why: by 100 kimg
+the GAN term (0.1 · 0.77) outweighs the MSE term (10 · 0.005) and the train-grid SSIM flattens (0.62 at 54 kimg,
+0.65 at 100). Measured on the chest preset from the 100-kimg
 snapshot, train-grid SSIM after 2 kimg: co-training + SSIM term 0.675; no GAN term + SSIM term 0.692; lr
-0.0008 0.669; W+ head 0.677 (no better than W, so the shipped models stay in W, as published). Without the GAN
-term D is skipped, so a step costs half (37 vs 59 s/kimg). 60 kimg took 41 min per preset on one shared core:
-train-grid SSIM 0.651 -> 0.745 (chest), 0.484 -> 0.702 (face), still rising ~0.001/kimg when stopped.
+0.0008 0.669; W+ head 0.677 (no better than W, so the shipped models use W, as published). Without the GAN
+term D is skipped, so a step costs half (37 vs 59 s/kimg). The first 60 kimg take 41 min per preset on one shared
+core: train-grid SSIM 0.651 -> 0.745 (chest), 0.484 -> 0.702 (face), still rising ~0.001/kimg at 60 kimg.
 
 ``tiny`` is a toy-sized real architecture for tests (16 px, 16 channels).
 """
@@ -182,7 +184,7 @@ _PHANTOM64 = dict(resolution=64, latent="w", w_dim=512, channel_base=2048, chann
 PRESETS: dict[str, AeganConfig] = {
     "phantom-cxr64": AeganConfig(preset="phantom-cxr64", img_channels=1, aug_rotate=5.0, **_PHANTOM64),
     # 60 kimg, not 100: what fits one CPU core beside the face networks' training (~1 h); on the chest preset SSIM
-    # went 0.62 -> 0.65 from 54 to 100 kimg, so the last 40 kimg buy little. Resume with --kimg to train longer.
+    # goes 0.62 -> 0.65 from 54 to 100 kimg, so the last 40 kimg buy little. Resume with --kimg to train longer.
     "phantom-face64": AeganConfig(preset="phantom-face64", img_channels=3, aug_hflip=True, **{**_PHANTOM64, "kimg": 60.0}),
     "gmia-cxr256": AeganConfig(
         preset="gmia-cxr256", resolution=256, img_channels=1, latent="w", w_dim=512, channel_base=16384,

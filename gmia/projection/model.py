@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gmia.checkpoints import register_class
 from third_party.stylegan2_ada import Discriminator, Encoder, ESModel, FullyConnectedLayer, SynthesisNetwork
 
 __all__ = ["AEGAN", "IMAGE_RANGES", "LATENT_SPACES", "WPlusEncoder", "build_discriminator"]
@@ -116,14 +115,24 @@ class AEGAN(nn.Module):
         """w (N, w_dim) or ws (N, num_ws, w_dim) -> ws (N, num_ws, w_dim) (a copy per layer, differentiable)."""
         return w.unsqueeze(1).repeat(1, self.num_ws, 1) if w.ndim == 2 else w
 
-    def synthesize(self, w: torch.Tensor, noise_mode: str = "const", noise_generator=None) -> torch.Tensor:
+    def synthesize(self, w: torch.Tensor, noise_mode: str = "const", noise_generator=None,
+                   noise_seeds: list[int] | None = None) -> torch.Tensor:
         """w (N, w_dim) or ws (N, num_ws, w_dim) -> images (N, C, R, R), nominally [0, 1], not clamped.
 
         noise_mode: "const" (deterministic, the default for inference), "random" (training) or "none";
-        noise_generator: a torch.Generator or one per sample, for reproducible "random" noise.
+        noise_generator: a torch.Generator or one per sample, for reproducible "random" noise;
+        noise_seeds: one seed per image: each image gets its own fixed noise, whatever batch it is in.
         """
+        if noise_seeds is not None:
+            noise_mode, noise_generator = "random", [torch.Generator().manual_seed(int(s)) for s in noise_seeds]
         y = self.synthesis(self.broadcast(w), noise_mode=noise_mode, noise_generator=noise_generator)
         return self.from_internal(y)
+
+    def render(self, w: torch.Tensor, noise_seeds: list[int] | None = None) -> torch.Tensor:
+        """The image a code is released as: G(w) clamped to [0, 1], with each image's own fixed noise
+        (``noise_seeds``, seeded from its record) or, without seeds, G's constant noise. Stage 2 optimizes,
+        gates and writes exactly this image."""
+        return self.synthesize(w, noise_seeds=noise_seeds).clamp(0.0, 1.0)
 
     def reconstruct(self, x: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
         """x (N, C, R, R) in [0, 1] -> G(E(x)) (N, C, R, R), not clamped."""
@@ -139,7 +148,7 @@ class AEGAN(nn.Module):
     @classmethod
     def from_esmodel(cls, es: ESModel) -> "AEGAN":
         """Wrap an (imported) GMIA ESModel: W space, image_range "unit", same weights."""
-        syn, enc = es.synthesis, es.encoder
+        syn = es.synthesis
         model = cls(es.img_resolution, es.img_channels, w_dim=es.w_dim, latent="w",
                     channel_base=syn.channel_base, channel_max=syn.channel_max,
                     use_noise=syn.b4.conv1.use_noise, conv_clamp=syn.b4.conv1.conv_clamp, image_range="unit")
@@ -155,6 +164,3 @@ def build_discriminator(model_kwargs: dict, mbstd_group: int = 4) -> tuple[Discr
                   epilogue_kwargs=dict(mbstd_group_size=mbstd_group, mbstd_num_channels=1))
     return Discriminator(**kwargs), kwargs
 
-
-register_class("gmia.projection.AEGAN", AEGAN)
-register_class("gmia.projection.WPlusEncoder", WPlusEncoder)

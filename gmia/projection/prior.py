@@ -18,7 +18,6 @@ count as kwargs, the file's sha256, what it was fitted to); ``load`` refuses a f
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from safetensors.torch import save_file
 
 from ..checkpoints import read_card, read_verified, write_card
 from ..errors import CheckpointError
+from ..fileio import atomic_path
 
 __all__ = ["LatentPrior", "PRIOR_CLASS", "PRIOR_FILE", "PRIOR_NAME", "fit_prior"]
 
@@ -72,10 +72,10 @@ class LatentPrior:
         """Write ``latent-prior.safetensors`` and its card ``latent-prior.json`` (``meta``, else the meta this
         prior was loaded with); returns the weights file."""
         folder = Path(folder)
-        path, tmp = folder / PRIOR_FILE, folder / f".{PRIOR_FILE}.tmp"
-        save_file({"mu": self.mu.float().contiguous(), "a": self.a.float().contiguous()}, str(tmp),
-                  metadata={"format": "pt"})  # shape and images are in the card; one key keeps the bytes stable
-        os.replace(tmp, path)
+        path = folder / PRIOR_FILE
+        with atomic_path(path) as tmp:  # shape and images are in the card; one metadata key keeps the bytes stable
+            save_file({"mu": self.mu.float().contiguous(), "a": self.a.float().contiguous()}, str(tmp),
+                      metadata={"format": "pt"})
         write_card(folder, PRIOR_NAME, PRIOR_CLASS, {"shape": list(self.shape), "images": self.images},
                    self.meta if meta is None else meta, dtype="float32", num_tensors=2)
         return path
@@ -120,10 +120,11 @@ def fit_prior(checkpoint: str | Path, data: str | Path, split: str | None = "tra
     """Fit the prior of the stage-1 model in ``checkpoint`` (a folder with aegan.*) to the images of ``data``
     (phantom folder and ``split``, or an image folder) and save it there; returns the file written."""
     from ..runs import environment, log
-    from .project import load_aegan, open_images
+    from ..data import open as open_data
+    from .project import load_aegan
 
     model = load_aegan(Path(checkpoint), device or "cpu")
-    ds = open_images(data, split, model.img_resolution, model.img_channels)
+    ds = open_data(data, split=split, size=model.img_resolution, channels=model.img_channels)
     n = len(ds) if limit is None else min(limit, len(ds))
     if n < 2:
         raise CheckpointError(f"{data}: a latent prior needs at least 2 images, found {n}")

@@ -24,17 +24,20 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from gmia import data
 from gmia.checkpoints import load_module, sha256_file
-from gmia.data.datasets import ImageDataset, PhantomFolder
-from gmia.data.preprocess import Preprocess, save_image
-from gmia.errors import CheckpointError, ConfigError, InputError
-from gmia.runs import atomic_write_json, log
+from gmia.data.datasets import ImageDataset
+from gmia.data.preprocess import save_image
+from gmia.errors import CheckpointError, InputError
+from gmia.fileio import atomic_write_json
+from gmia.machine import resolve_device
+from gmia.runs import log
 
 from .config import ProjectionConfig
 from .losses import PerceptualLoss, ReconstructionLoss, build_perceptual, ssim_per_image
 from .model import AEGAN
 
-__all__ = ["LatentRefiner", "encoder_fidelity", "is_phantom_folder", "load_aegan", "open_images", "project_codes", "project_dataset",
+__all__ = ["LatentRefiner", "encoder_fidelity", "load_aegan", "project_codes", "project_dataset",
            "project_images", "reconstruction_metrics", "run_projection", "save_grid"]
 
 LATENTS_FORMAT = "gmia-latents/1"
@@ -47,35 +50,6 @@ def load_aegan(path_dir: str | Path, device: str | torch.device = "cpu") -> AEGA
     if not isinstance(model, AEGAN):
         raise CheckpointError(f"{Path(path_dir) / 'aegan.json'}: holds a {type(model).__name__}, not a stage-1 AEGAN")
     return model.requires_grad_(False)
-
-
-def is_phantom_folder(root: str | Path) -> bool:
-    """A phantom folder has splits (``phantom.json``); any other image folder has none."""
-    return (Path(root) / "phantom.json").is_file()
-
-
-def open_images(root: str | Path, split: str | None, resolution: int, channels: int, labels=None, *,
-                image_column: str | None = None, patient_column: str | None = None, findings=None) -> ImageDataset:
-    """A phantom folder (``phantom.json`` present; ``split`` selects rows) or any image folder, as
-    (channels, resolution, resolution) images in [0, 1]. A plain folder may come with a ``labels`` CSV
-    (see :func:`gmia.data.registry.open_folder`); a folder of DICOM files groups patients by PatientID."""
-    root = Path(root)
-    prep = Preprocess(size=resolution, channels=channels)
-    if labels is not None and is_phantom_folder(root):
-        raise ConfigError(f"{root} is a phantom folder: its labels come from its metadata.csv; leave --labels "
-                          "unset (--labels is for a folder of your own images)")
-    if is_phantom_folder(root):
-        ds = PhantomFolder(root, split=split)
-        if ds.channels != channels or int(ds.card.get("size", resolution)) != resolution:
-            ds = PhantomFolder(root, split=split, preprocess=prep)
-        return ds
-    if split is not None:
-        raise InputError(f"{root}: --split {split!r} needs a phantom folder (phantom.json); this is a plain image "
-                         "folder, so leave --split unset")
-    from gmia.data.registry import open_folder
-
-    return open_folder(root, labels, image_column=image_column, patient_column=patient_column, findings=findings,
-                       preprocess=prep)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
@@ -116,8 +90,7 @@ class LatentRefiner:
 
     def _evaluate(self) -> torch.Tensor:
         if self.noise_seeds is not None:
-            gens = [torch.Generator().manual_seed(int(s)) for s in self.noise_seeds]
-            x_hat = self.model.synthesize(self.w, noise_mode="random", noise_generator=gens)
+            x_hat = self.model.synthesize(self.w, noise_seeds=self.noise_seeds)
         else:
             x_hat = self.model.synthesize(self.w, noise_mode=self.noise_mode)
         total, _ = self.loss(x_hat, self.x)
@@ -295,9 +268,9 @@ def project_dataset(model: AEGAN, dataset: ImageDataset, out_dir: str | Path, re
 def run_projection(cfg: ProjectionConfig, preset: str | None, input_dir: str | Path, out_dir: str | Path,
                    checkpoint: str | Path, device: str | torch.device | None = None, progress: bool = True) -> dict:
     """``gmia project``: load the stage-1 model from ``checkpoint``, project ``input_dir``, write ``out_dir``."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     model = load_aegan(checkpoint, device=device)
-    dataset = open_images(input_dir, cfg.split, model.img_resolution, model.img_channels)
+    dataset = data.open(input_dir, split=cfg.split, size=model.img_resolution, channels=model.img_channels)
     try:
         # the MFM is looked up beside the stage-1 checkpoint first (a user's folder), then in checkpoints/
         mfm_root = checkpoint if (Path(checkpoint) / "mfm.json").is_file() else "checkpoints"

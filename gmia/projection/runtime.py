@@ -1,4 +1,4 @@
-"""What the training loop needs around the maths: the per-rank logic (one place, for torchrun later), the
+"""What the training loop needs around the maths: the per-rank logic (one place, for torchrun), the
 SIGINT flag, and the training images served by step.
 
 * ``RankContext``: rank, world size and device, read from the torchrun environment; everything that differs
@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from gmia.errors import ConfigError, InputError
+from gmia.machine import resolve_device
 
 __all__ = ["ImageSource", "RankContext", "StopFlag"]
 
@@ -39,9 +40,7 @@ class RankContext:
         """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); init the process group when world > 1."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        device = resolve_device(device)
         if device.type == "cuda" and device.index is None:  # default or "--device cuda": this rank's GPU
             device = torch.device("cuda", local)
         if device.type == "cuda":

@@ -10,7 +10,6 @@ Files are written to a temporary name and renamed, so a kill never leaves half a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 from gmia.checkpoints import load_module
 from gmia.errors import CheckpointError, ConfigError
 
+from ..fileio import atomic_path
 from .config import ARCHITECTURE_FIELDS, AeganConfig, config_dict
 
 __all__ = ["SNAPSHOT_FORMAT", "find_snapshot", "init_weights", "load_snapshot", "save_snapshot"]
@@ -63,9 +63,8 @@ def save_snapshot(run_dir: Path, nets, cfg: AeganConfig, state: dict, fingerprin
     meta = {"format": SNAPSHOT_FORMAT, "state": state, "param_groups": groups, "config": config_dict(cfg),
             "fingerprint": fingerprint}
     path = Path(run_dir) / f"training-state-{state['nimg'] / 1000:010.3f}.safetensors"
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": SNAPSHOT_FORMAT, "state": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": SNAPSHOT_FORMAT, "state": json.dumps(meta)})
     for old in sorted(Path(run_dir).glob(_PATTERN))[:-max(keep, 1)]:
         old.unlink(missing_ok=True)
     return path

@@ -1,6 +1,6 @@
 """Stage-1 training: E and G co-trained against D (GMIA "co-training"), StyleGAN2-ADA recipe (spec §7).
 
-    result = train_aegan(aegan_config("phantom-cxr64"), open_images("data/phantom-cxr64", "train", 64, 1), "runs/x")
+    result = train_aegan(aegan_config("phantom-cxr64"), data.open("data/phantom-cxr64", split="train", size=64, channels=1), "runs/x")
 
 One iteration (``training_step``), in the official phase order, each phase with its own optimizer step:
   Gmain  E + G:  λ_gan·softplus(-D(G(E(x)))) + λ_mse·MSE + λ_perc·perceptual     (every step)
@@ -69,7 +69,7 @@ class Networks:
 class TrainResult:
     run_dir: Path
     kimg: float                 # images seen / 1000
-    seconds: float              # training time, all sessions
+    seconds: float              # training time, every resume included
     interrupted: bool           # stopped by SIGINT (a snapshot was written; resume to continue)
     checkpoint_dir: Path | None  # the export (None when interrupted)
     stats: dict                 # the last tick's stats
@@ -361,7 +361,7 @@ def train_aegan(cfg: AeganConfig, dataset: ImageDataset, run_dir: str | Path, re
         checkpoint_dir = _export(nets, d_kwargs, cfg, run_dir, state, data_info, metrics)
     ctx.barrier()
     verb = "interrupted" if interrupted else "done"
-    tail = f"snapshot written; rerun with --resume to continue" if interrupted else f"exported to {checkpoint_dir}"
+    tail = "snapshot written; rerun with --resume to continue" if interrupted else f"exported to {checkpoint_dir}"
     say(f"{verb}: {state['nimg'] / 1000:.3f} kimg in {_fmt_time(state['elapsed'])}, train-grid ssim "
         f"{metrics.get('ssim', float('nan')):.4f} psnr {metrics.get('psnr', float('nan')):.2f}; {tail}")
     return TrainResult(run_dir, state["nimg"] / 1000, state["elapsed"], interrupted, checkpoint_dir,

@@ -1,6 +1,6 @@
 """An unlucky operator and a hostile input: odd file names, odd files, full disks, concurrent runs, bad numbers.
 
-Each test holds one defect that a reliability pass found; the run must end with a released image or an error row
+Each test holds one such case; the run must end with a released image or an error row
 for every input, and nothing derived from an input's name may reach a file outside ``private/``.
 """
 
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from gmia.anonymization import anonymize_config, anonymize_dataset
-from gmia.anonymization.cli import open_input
+from gmia.cli_options import open_input
 from gmia.anonymization.outputs import RunFolder
 from gmia.cli import cli
 from gmia.data.preprocess import load_image

@@ -38,13 +38,13 @@ def test_objective_is_per_image_and_differentiable(tiny_checkpoints):
     x_r = torch.rand(3, 1, 64, 64)
     refs = engine.objective.references(x_r)
     x_a = torch.rand(3, 1, 64, 64, requires_grad=True)
-    total, parts = engine.objective.evaluate(x_a, refs)
+    total, parts = engine.objective.evaluate(x_a, refs, margin=-1.0)
     assert total.shape == parts["cos_id"].shape == parts["ut"].shape == (3,)
     # with m = -1 the hinge is cos + 1 and the total adds the L2 utility distance
     assert torch.allclose(total, parts["cos_id"] + 1 + parts["ut"], atol=1e-5)
     total[1].backward()
     assert x_a.grad[1].abs().sum() > 0 and x_a.grad[0].abs().sum() == 0 and x_a.grad[2].abs().sum() == 0
-    same, parts_same = engine.objective.evaluate(x_r, refs)
+    same, parts_same = engine.objective.evaluate(x_r, refs, margin=-1.0)
     assert torch.allclose(parts_same["cos_id"], torch.ones(3), atol=1e-5)
     assert parts_same["ut"].max() < 1e-3
 

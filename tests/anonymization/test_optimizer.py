@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from gmia.anonymization import Item, LatentOptimizer, anonymize_config, decode, load_engine
+from gmia.anonymization import Item, LatentOptimizer, anonymize_config, load_engine
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_per_row_adam_matches_torch_adam(engine):
     refs = engine.objective.references(x)
     for _ in range(4):
         adam.zero_grad()
-        total, _ = engine.objective.evaluate(decode(engine.model, w, [100]), refs, margin=cfg.margin - cfg.hinge_slack)
+        total, _ = engine.objective.evaluate(engine.model.render(w, [100]), refs, margin=cfg.margin - cfg.hinge_slack)
         total.sum().backward()
         adam.step()
     assert torch.allclose(opt._rows["w"], w.detach(), atol=1e-5)
@@ -132,7 +132,7 @@ def test_mdl_term_is_wired_in_when_its_weight_is_set(tiny_checkpoints, tmp_path)
     assert [t.name for t in eng.objective.extra] == ["mdl"] and {"mfm", "decoupler"} <= set(eng.checkpoints)
     x = torch.rand(2, 1, 64, 64)
     refs = eng.objective.references(x)
-    total, parts = eng.objective.evaluate(torch.rand(2, 1, 64, 64), refs)
+    total, parts = eng.objective.evaluate(torch.rand(2, 1, 64, 64), refs, margin=cfg.margin)
     assert total.shape == parts["mdl"].shape == (2,) and torch.all(parts["mdl"] > 0)
 
 

@@ -66,6 +66,10 @@ def test_existing_output_is_never_overwritten(tmp_path, tiny_checkpoints, phanto
         _run(tmp_path, "anon", tiny_checkpoints, phantom_dir, limit=2)
     with pytest.raises(ConfigError, match="different settings.*margin"):
         _run(tmp_path, "anon", tiny_checkpoints, phantom_dir, cfg=_cfg(margin=0.5), resume=True)
+    with pytest.raises(ConfigError, match="different settings.*precision"):  # bf16 changes the pixels too
+        _run(tmp_path, "anon", tiny_checkpoints, phantom_dir, cfg=_cfg(precision="bf16"), resume=True)
+    # the batch size does not change what a record becomes: a resume may use another one
+    _run(tmp_path, "anon", tiny_checkpoints, phantom_dir, cfg=_cfg(batch_size=1), resume=True, limit=2)
 
 
 def test_gate_withholds_what_it_cannot_fix(tmp_path, tiny_checkpoints, phantom_dir, monkeypatch):

@@ -1,6 +1,6 @@
-"""Realism of the phantom benchmark (issue 2): a learned re-identifier beats chance by far, raw-pixel nearest
+"""Realism of the phantom benchmark: a learned re-identifier beats chance by far, raw-pixel nearest
 neighbour does much worse, every finding is learnable and none is determined by identity.
-Run with `-s` to see the numbers (about 2-3 minutes per domain on a 2-core CPU)."""
+Run with `-s` to see the numbers (about 5 minutes per domain on one CPU thread)."""
 
 import json
 
@@ -16,6 +16,7 @@ def _rounded(r: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("domain", ["cxr", "face"])
 def test_phantoms_are_hard_the_way_real_data_is(domain):
     # re-identification needs many training patients (420 here); 180 held-out patients are the gallery

@@ -54,8 +54,8 @@ def test_gradient_finite_nonzero_and_lowers_identity_cosine(term):
 def test_plugs_into_objective(term):
     torch.manual_seed(2)
     e_id = IdentityNet(in_channels=1, resolution=16, widths=(4, 8), blocks=(1, 1), stem_width=4, embed_dim=8).frozen()
-    obj = Objective(IdentityTerm(e_id, margin=0.0), None, extra=[term])
+    obj = Objective(IdentityTerm(e_id), None, extra=[term])
     x_r = torch.rand(2, 1, 16, 16)
     refs = obj.references(x_r)
-    total, parts = obj.evaluate(x_r * 0.99, refs)
+    total, parts = obj.evaluate(x_r * 0.99, refs, margin=0.0)
     assert total.shape == (2,) and parts["mdl"].shape == (2,)

@@ -65,7 +65,7 @@ def test_resume_is_exact(tiny_cfg, tiny_data, perceptual, tmp_path):
 
     again = train_aegan(tiny_cfg, tiny_data, full, resume=True, perceptual=perceptual, progress=False)
     assert again.kimg == pytest.approx(tiny_cfg.kimg)  # nothing left to train, and it still
-    assert 0 < again.stats["grid/ssim"] <= 1  # reports the grid fidelity in its summary (was nan)
+    assert 0 < again.stats["grid/ssim"] <= 1  # reports the grid fidelity in its summary (not nan)
     assert "nan" not in (full / "log.txt").read_text().splitlines()[-1]
 
 
@@ -136,6 +136,7 @@ def test_rank_context_gives_a_bare_cuda_device_an_index(monkeypatch):
     # "--device cuda" must mean this rank's GPU: torch.cuda.set_device rejects a device without an index.
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(d))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the device choice goes
     monkeypatch.setenv("LOCAL_RANK", "0")
     ctx = RankContext.from_env("cuda")
     assert ctx.device == torch.device("cuda", 0)

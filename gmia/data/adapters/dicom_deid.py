@@ -338,13 +338,12 @@ class DicomRelease:
     def prepare(self, source: Path, record_key: str, patient: str) -> tuple[object, int]:
         """(released header, bits per sample) of one record: a DICOM source lends its profiled header and its
         BitsStored; another file gives a header from nothing and its own depth (8 or 16)."""
-        from gmia.data.adapters.dicom import _dcmread
-        from gmia.data.preprocess import _is_dicom, source_bits
+        from gmia.data.reading import dcmread, is_dicom, source_bits
 
         source = Path(source)
-        if not (source.is_file() and _is_dicom(source)):
+        if not (source.is_file() and is_dicom(source)):
             return release_header(None, self.keys, record_key, patient, self.policy), source_bits(source)
-        src = _dcmread(source, stop_before_pixels=True)
+        src = dcmread(source, stop_before_pixels=True)
         try:  # a header that cannot be de-identified is an error row, never a release
             profiled = basic_profile(src, self.keys, patient, self.policy)
             return release_header(profiled, self.keys, record_key, patient, self.policy), stored_bits(source)

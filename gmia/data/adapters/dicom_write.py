@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gmia.errors import ConfigError
+from gmia.fileio import atomic_file
 
 __all__ = ["save_dicom", "stored_bits"]
 
@@ -68,16 +68,6 @@ def save_dicom(x: torch.Tensor, path: str | os.PathLike, header, bits: int = 16)
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        ds.save_as(f, enforce_file_format=True)
     return path

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ... import __version__
 from ...errors import InputError
+from ...fileio import atomic_file, atomic_path
 from ..preprocess import to_uint8
 from .base import PhantomSet
 
@@ -31,9 +32,8 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     """(C, H, W) uint8 → PNG, atomically (temp file + rename) so a killed run never leaves half a file."""
     mode = "L" if array.shape[0] == 1 else "RGB"
     img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0), mode=mode)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG", compress_level=6)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", compress_level=6)
 
 
 def write(ps: PhantomSet, out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -56,12 +56,10 @@ def write(ps: PhantomSet, out: str | os.PathLike, overwrite: bool = False) -> Pa
         row.update({k: int(ps.findings[k][i]) for k in names})
         row.update({f"id_{k}": f"{float(v[i]):.6g}" for k, v in ps.identity.items()})
         rows.append(row)
-    tmp = out / "metadata.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(out / "metadata.csv", text=True) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "metadata.csv")
     card = {"domain": ps.domain, "findings": names, "identity_params": list(ps.identity),
             "size": int(ps.images.shape[-1]), "channels": int(ps.images.shape[1]), "images": len(ps),
             **{k: ps.meta[k] for k in ("seed", "patients", "studies") if k in ps.meta}, "gmia_version": __version__}

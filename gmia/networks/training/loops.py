@@ -29,11 +29,13 @@ from tqdm import tqdm
 from ... import runs
 from ...checkpoints import read_card, save_module
 from ...errors import ConfigError
+from ...fileio import jsonable
+from ...machine import resolve_device, threads
 from .config import TrainConfig
 from .data import PhantomData, load_phantom_data
 from .tasks import make_task
 
-__all__ = ["TrainResult", "train", "resolve_device"]
+__all__ = ["TrainResult", "train"]
 
 
 @dataclass
@@ -52,20 +54,7 @@ class TrainResult:
         return f"{self.role}: {shown} (test patients) -> {self.checkpoint}"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
-
-
 _MACHINE = ("device", "threads")  # config fields that may change between a run and its resume
-
-
-def _jsonable_metrics(m: dict) -> dict:
-    """Cards are strict JSON: NaN (an undefined metric) becomes null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -78,13 +67,8 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> flo
 def train(cfg: TrainConfig, data, out, progress: bool = True) -> TrainResult:
     """Train ``cfg.role`` on ``data`` (a phantom folder, or a ``PhantomData`` with train/val/test splits in memory or
     memory-mapped, e.g. from ``gmia.fit``); write the checkpoint and run record under ``out``."""
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with threads(cfg.threads):
         return _train(cfg, data, out, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainConfig, data, out, progress: bool) -> TrainResult:
@@ -185,14 +169,14 @@ def _train(cfg: TrainConfig, data, out, progress: bool) -> TrainResult:
     # ---- final: metrics on the held-out test patients, checkpoint with its card
     for m in modules.values():
         m.eval()
-    test = _jsonable_metrics(task.evaluate(test_split, train=train_split))
+    test = jsonable(task.evaluate(test_split, train=train_split))
     env = runs.environment()
     meta = {
         "role": cfg.role, "preset": cfg.preset, "command": " ".join(env["argv"]), "seed": cfg.seed,
         "data": {"root": str(phantoms.root), "seed": phantoms.seed, "domain": phantoms.domain,
                  "findings": list(phantoms.findings), "train_patients": len(train_split.patients),
                  "test_patients": len(test_split.patients), "card": phantoms.card},
-        "metrics": test, "metrics_split": "test", "val_metrics": _jsonable_metrics(val),
+        "metrics": test, "metrics_split": "test", "val_metrics": jsonable(val),
         "train_seconds": round(elapsed, 3), "epochs": cfg.epochs, "hardware": env["device"],
         "versions": {k: env[k] for k in ("gmia", "torch", "python", "git_sha")},
         "config": json.loads(json.dumps(config_record)),
