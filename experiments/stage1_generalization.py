@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from gmia import data
 from gmia.machine import set_threads
 from gmia.projection.project import encoder_fidelity, load_aegan

@@ -28,6 +28,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
                       "Fit the MDL feature decoupler (P_id, P_sem) on an MFM's features and print its held-out audit."),
     "fit-prior": ("gmia.projection.cli", "fit_prior_command",
                   "Fit the Gaussian latent prior (surrogate identities, MIA sampling) to E(x) of training images."),
+    "fit-domain": ("gmia.anonymization.cli", "fit_domain_command",
+                   "Calibrate the out-of-domain guard (reconstruction error, E_ut feature distance) on training "
+                   "images."),
     "fit": ("gmia.fit.cli", "fit_command",
             "Train every network of a preset on your data: E_id, E_ut, the MFM and its decoupler, the attacker, "
             "stage 1 (AE-GAN) and its latent prior, in order; each stage resumes, and is skipped when done."),

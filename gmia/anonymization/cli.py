@@ -10,7 +10,7 @@ from ..cli_options import input_options, machine_options, open_input, quiet_dry_
 from ..config import PRIVACY_LEVELS
 from .config import PRECISIONS, PRESETS, SPEED_PROFILES, anonymize_config, config_dict
 
-__all__ = ["anonymize", "dicom_policy"]
+__all__ = ["anonymize", "fit_domain_command", "dicom_policy"]
 
 
 def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
@@ -78,13 +78,16 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @click.option("--seed", type=int, default=None)
 @machine_options
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 3 when any input could not be read.")
+@click.option("--allow-out-of-domain", is_flag=True,
+              help="Release inputs the domain guard says the model cannot represent (not a chest X-ray for a chest "
+                   "preset, another modality...) instead of withholding them. They are marked in manifest.jsonl.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse input images declaring more pixels than this, before decoding (default 36 000 000).")
 @quiet_dry_run
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
               lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
               lambda_lesion, lambda_surrogate, surrogate_cos, limit, shard, resume, write_linkage, seed, device,
-              threads, fail_on_error, max_pixels, dry_run, quiet, labels=None, image_column=None, patient_column=None,
+              threads, fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None, patient_column=None,
               findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None, dicom_keep_sex_age=False):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
 
@@ -111,7 +114,29 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
     summary = anonymize_dataset(cfg, data, out, checkpoints=checkpoints, device=device, resume=resume,
                                 shard=shard_t, limit=limit, write_linkage=write_linkage, progress=not quiet,
                                 output_format=output_format,
-                                dicom=dicom_policy(dicom_dates, dicom_max_shift, dicom_keep_sex_age))
+                                dicom=dicom_policy(dicom_dates, dicom_max_shift, dicom_keep_sex_age),
+                                allow_out_of_domain=allow_out_of_domain)
     click.echo(json.dumps(summary, indent=2))
     if fail_on_error and summary["this_call"]["error"]:
         raise SystemExit(3)
+
+
+@click.command("fit-domain")
+@click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
+@click.option("--data", type=click.Path(file_okay=False, exists=True), required=True,
+              help="The model's training images (a phantom folder, or your own image folder).")
+@click.option("--split", default="train", show_default=True,
+              help="Phantom split the feature statistics come from (ignored for image folders).")
+@click.option("--calibration-split", default="val", show_default=True,
+              help="Phantom split of held-out patients that sets the thresholds (ignored for image folders).")
+@click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+              help="Folder holding <preset>/{aegan,utility}.*; domain-guard.* is written beside them.")
+@click.option("--limit", type=int, default=2000, show_default=True, help="At most N images of each split.")
+@machine_options
+def fit_domain_command(preset, data, split, calibration_split, checkpoints, limit, device, threads):
+    """Calibrate the out-of-domain guard (reconstruction error, E_ut feature distance) on training images."""
+    from ..machine import set_threads
+    from .domain import fit_domain_guard
+
+    set_threads(threads)
+    fit_domain_guard(preset, checkpoints, data, split, limit, device, calibration_split)

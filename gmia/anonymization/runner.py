@@ -32,6 +32,7 @@ from ..errors import CheckpointError, ConfigError, GmiaError, InputError
 from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
+from .domain import DomainGuard
 from .config import RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
 from .gate import release, write_and_check
 from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
@@ -71,6 +72,7 @@ class Engine:
     e_ut: torch.nn.Module
     objective: Objective
     checkpoints: dict[str, str]   # role → sha256 of its weights
+    guard: DomainGuard | None = None  # the out-of-domain guard calibrated for these weights (domain.py)
 
 
 def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", device="cpu") -> Engine:
@@ -104,8 +106,11 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         files["latent_prior"] = prior.sha256  # checked against its card when loaded
     objective = Objective(IdentityTerm(e_id, cfg.lambda_id),
                           UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None, extra)
+    guard = DomainGuard.load(folder) if DomainGuard.exists(folder) else None
+    if guard is not None:
+        files["domain_guard"] = guard.sha256
     shas = {**{role: read_card(folder, role)["sha256"] for role in roles}, **files}
-    return Engine(model, e_id, e_ut, objective, shas)
+    return Engine(model, e_id, e_ut, objective, shas, guard)
 
 
 def public_error(exc: Exception) -> str:
@@ -140,8 +145,10 @@ class _Run:
     """One call of ``anonymize_dataset``: the loop and its bookkeeping."""
 
     def __init__(self, cfg, engine, dataset, folder, todo: list[tuple[int, str, str]], device, progress,
-                 dicom: DicomRelease | None = None):
+                 dicom: DicomRelease | None = None, allow_out_of_domain: bool = False):
         self.cfg, self.engine, self.dataset, self.folder = cfg, engine, dataset, folder
+        self.allow_out_of_domain = allow_out_of_domain
+        self.out_of_domain = 0  # inputs the guard flagged (withheld, or released anyway when allowed)
         self.dicom = dicom  # None: PNG output
         self.todo, self.device = todo, device
         self.opt = LatentOptimizer(engine.model, engine.objective, cfg)
@@ -151,12 +158,26 @@ class _Run:
 
     # ---- input ---------------------------------------------------------------------------------------------
     def _fill(self, source: Iterator) -> None:
-        """Top the batch up to batch_size with newly read and projected records."""
+        """Top the batch up to batch_size with newly read, in-domain and projected records."""
+        exhausted = False
+        while self.opt.active < self.cfg.batch_size and not exhausted:
+            items, images, exhausted = self._read(source)
+            items, images = self._guard(items, images)
+            if items:
+                x = torch.stack(images).to(self.device)
+                seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
+                w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds)  # refined under
+                # each image's own noise, as it will be rendered
+                self.opt.add(items, w0, x)
+
+    def _read(self, source: Iterator) -> tuple[list[Item], list[torch.Tensor], bool]:
+        """Records read from ``source`` until the batch would be full: (items, their images, source exhausted).
+        A record that cannot be read becomes an error row here."""
         items, images = [], []
         while self.opt.active + len(items) < self.cfg.batch_size:
             nxt = next(source, None)
             if nxt is None:
-                break
+                return items, images, True
             index, key, pseudonym = nxt
             try:
                 sample = self.dataset[index]
@@ -174,12 +195,36 @@ class _Run:
                        "header": header}
             items.append(Item(key=key, seed=record_seed(key, self.cfg.seed), payload=payload))
             images.append(x)
-        if items:
-            x = torch.stack(images).to(self.device)
-            seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
-            w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds)  # refined under
-            # each image's own noise, as it will be rendered
-            self.opt.add(items, w0, x)
+        return items, images, False
+
+    def _guard(self, items: list[Item], images: list[torch.Tensor]) -> tuple[list[Item], list[torch.Tensor]]:
+        """Withhold the inputs the model cannot represent (``domain.py``), or, with --allow-out-of-domain, mark
+        them and go on. Every row carries its domain scores."""
+        guard = self.engine.guard
+        if guard is None or not items:
+            return items, images
+        scores = guard.scores(self.engine.model, self.engine.e_ut, torch.stack(images).to(self.device))
+        ok = guard.accepts(scores).tolist()
+        kept = []
+        for i, (item, image) in enumerate(zip(items, images)):
+            item.payload["domain"] = {k: round(float(v[i]), 5) for k, v in scores.items()}
+            if not ok[i]:
+                self.out_of_domain += 1
+                if not self.allow_out_of_domain:
+                    self._withhold_out_of_domain(item)
+                    continue
+                item.payload["out_of_domain"] = guard.describe(scores, i)
+            kept.append((item, image))
+        return [k[0] for k in kept], [k[1] for k in kept]
+
+    def _withhold_out_of_domain(self, item: Item) -> None:
+        p = item.payload
+        row = {"pseudonym": p["pseudonym"], "status": "withheld", "cos_id_reconstruction": None,
+               "cos_id_optimized": None, "cos_id_saved": None, "utility_reconstruction": None, "utility": None,
+               "steps": 0, "seconds": 0.0, "attempts": 0, "bits": p["bits"], "reason": "out_of_domain",
+               "domain": p["domain"], "labels": p["labels"]}
+        self.folder.record(row, item.key)
+        self._count("withheld")
 
     def _output(self, index: int, key: str, sample: dict) -> tuple[object, int]:
         """(DICOM header or None, bits per sample) of the file a record will be released as."""
@@ -209,7 +254,9 @@ class _Run:
         return {"pseudonym": p["pseudonym"], "status": status, "cos_id_reconstruction": r4(f.cos_start),
                 "cos_id_optimized": r4(f.cos_id), "cos_id_saved": r4(cos_saved), "utility_reconstruction":
                 r4(f.utility_start), "utility": r4(f.utility), "steps": f.steps, "seconds": round(f.seconds, 4),
-                "attempts": f.attempt + 1, "bits": p["bits"], "reason": reason, "labels": p["labels"]}
+                "attempts": f.attempt + 1, "bits": p["bits"], "reason": reason,
+                **({"domain": p["domain"]} if "domain" in p else {}),
+                **({"out_of_domain_allowed": p["out_of_domain"]} if "out_of_domain" in p else {}), "labels": p["labels"]}
 
     def _finish(self, finished: list[Finished]) -> None:
         """Gate the rows that reached the margin; withhold the others; requeue gate failures with more slack."""
@@ -295,12 +342,14 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
                       checkpoints: str | Path = "checkpoints", device: str | torch.device | None = None,
                       resume: bool = False, shard: tuple[int, int] = (0, 1), limit: int | None = None,
                       write_linkage: bool = False, progress: bool = True, engine: Engine | None = None,
-                      output_format: str | None = None, dicom: DicomPolicy | None = None) -> dict:
+                      output_format: str | None = None, dicom: DicomPolicy | None = None,
+                      allow_out_of_domain: bool = False) -> dict:
     """Anonymize ``dataset`` into ``out`` (see ``outputs`` for the layout); returns the run summary.
 
     limit: the first ``limit`` records of this shard (in dataset order). resume: finish a killed run.
     output_format: "png" or "dicom" (None: the input's, see ``resolve_output_format``); ``dicom`` sets the
-    released headers' date and patient-characteristics options (DICOM output only).
+    released headers' date and patient-characteristics options (DICOM output only). allow_out_of_domain: release
+    inputs the domain guard flags instead of withholding them (marked in the manifest, counted at the end).
     """
     device = resolve_device(device)
     engine = engine or load_engine(cfg, checkpoints, device)
@@ -310,6 +359,12 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
               "seed": cfg.seed, "input": {"dataset": type(dataset).__name__, "records": len(dataset),
                                           "findings": list(dataset.findings)}}
     result_config = {k: v for k, v in config_dict(cfg).items() if k in RESULT_FIELDS}
+    guard = engine.guard
+    if guard is not None and allow_out_of_domain:
+        log(None, "warning: --allow-out-of-domain: inputs the model cannot represent are released, marked "
+                  "out_of_domain_allowed in manifest.jsonl")
+    record["domain_guard"] = result_config["domain_guard"] = None if guard is None else {
+        "sha256": guard.sha256, "thresholds": guard.thresholds, "allow_out_of_domain": bool(allow_out_of_domain)}
     fmt = resolve_output_format(output_format, dataset, dicom)
     if fmt == "dicom":  # a resumed run must write the same kind of files with the same header rules
         policy = dicom or DicomPolicy()
@@ -327,7 +382,7 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
         todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n) if j not in inside][:limit]
         todo = [t for t in todo if t[2] not in folder.done]
         t0 = time.time()
-        run = _Run(cfg, engine, dataset, folder, todo, device, progress, release_dicom)
+        run = _Run(cfg, engine, dataset, folder, todo, device, progress, release_dicom, allow_out_of_domain)
         run.run()
         seconds = time.time() - t0
         processed = sum(run.counts.values())
@@ -341,6 +396,13 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
               f"{run.counts['released']} released, {run.counts['withheld']} withheld, {run.counts['error']} errors; "
               f"in total {summary['released']} released, {summary['withheld']} withheld, {summary['error']} errors "
               f"of {summary['records']} -> {folder.root}")
+    if guard is None:
+        log(None, "warning: no domain guard beside these weights (domain-guard.json): inputs were not checked for "
+                  "being images the model can represent; calibrate one with `gmia fit-domain --preset "
+                  f"{cfg.preset} --data TRAINING_IMAGES --checkpoints CKPT`")
+    if run.out_of_domain:
+        log(None, f"{run.out_of_domain} input(s) are out of the model's domain (reason out_of_domain in manifest.jsonl)"
+                  + ("; RELEASED anyway (--allow-out-of-domain)" if allow_out_of_domain else ": withheld"))
     if run.counts["error"]:  # which files: only in the private error log (their names are not public)
         log(None, f"{run.counts['error']} input(s) could not be read; which files and why: "
                   f"{folder.private / 'errors.jsonl'}")

@@ -184,8 +184,10 @@ def _burned_in_text_check(tmp_path, cfg, checkpoints):
     root = tmp_path / "archive"
     write_phi_dicom(root / "burned.dcm", base, bits=12)
     out = tmp_path / "anon"
+    # the source is noise with letters, no chest X-ray: a trained model's domain guard withholds it, so the
+    # override is what lets this test see what the model makes of the letters
     summary = anonymize_dataset(cfg, DicomFolder(root, preprocess=PREP), out, checkpoints=checkpoints,
-                                progress=False, device="cpu")
+                                progress=False, device="cpu", allow_out_of_domain=True)
     assert summary["released"] == 1
     released = read_dicom(next((out / "images").iterdir()))[0]
     source = DicomFolder(root, preprocess=PREP)[0]["image"][0]
