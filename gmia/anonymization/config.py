@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ..config import DEFAULT_PRIVACY, PRIVACY_LEVELS, margin_for, override
 from ..errors import ConfigError
+from ..fileio import jsonable
 
 __all__ = ["AnonymizeConfig", "PRESETS", "SPEED_PROFILES", "UTILITY_FORMS", "NOISE_MODES", "anonymize_config",
            "use_bf16"]
@@ -176,8 +177,6 @@ def anonymize_config(preset: str, privacy: str | None = None, margin: float | No
 
 def config_dict(cfg: AnonymizeConfig) -> dict:
     """JSON-ready dict of the config (tuples become lists)."""
-    from ..fileio import jsonable
-
     return jsonable(cfg)
 
 

@@ -62,9 +62,10 @@ class DomainGuard:
 
     # ---- scoring -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def scores(self, model, e_ut, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every score (N,) of images x (N, C, R, R) in [0, 1], on the CPU as float64."""
-        s = {"reconstruction": reconstruction_error(model, x)}
+    def scores(self, model, e_ut, x: torch.Tensor, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every score (N,) of images x (N, C, R, R) in [0, 1] (``codes``: their E(x), when the caller has them),
+        on the CPU as float64."""
+        s = {"reconstruction": reconstruction_error(model, x, codes)}
         for k, v in _descriptors(e_ut, x).items():
             s[k] = self.distance(k, v)
         return self._with_combined(s)
@@ -180,10 +181,11 @@ def _descriptors(e_ut, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def reconstruction_error(model, x: torch.Tensor) -> torch.Tensor:
-    """Mean |G(E(x)) - x| per image (N,), float64 on the CPU. G's constant noise: the score of an input does not
-    depend on its record's seed."""
-    return (model.render(model.encode(x)).float() - x.float()).abs().flatten(1).mean(1).double().cpu()
+def reconstruction_error(model, x: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |G(E(x)) - x| per image (N,), float64 on the CPU (``codes``: E(x) when already computed). G's
+    constant noise: the score of an input does not depend on its record's seed."""
+    codes = model.encode(x) if codes is None else codes
+    return (model.render(codes).float() - x.float()).abs().flatten(1).mean(1).double().cpu()
 
 
 def fit_domain_guard(preset: str, checkpoints: str | Path, data: str | Path, split: str | None = "train",

@@ -162,12 +162,16 @@ class _Run:
         exhausted = False
         while self.opt.active < self.cfg.batch_size and not exhausted:
             items, images, exhausted = self._read(source)
-            items, images = self._guard(items, images)
+            if not items:
+                continue
+            x = torch.stack(images).to(self.device)
+            codes = self.engine.model.encode(x)  # E(x): what the guard renders, and where the optimization starts
+            keep = self._guard(items, x, codes)
+            items, x, codes = [it for it, k in zip(items, keep.tolist()) if k], x[keep], codes[keep]
             if items:
-                x = torch.stack(images).to(self.device)
                 seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
-                w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds)  # refined under
-                # each image's own noise, as it will be rendered
+                w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds, start=codes)
+                # refined (if at all) under each image's own noise, as it will be rendered
                 self.opt.add(items, w0, x)
 
     def _read(self, source: Iterator) -> tuple[list[Item], list[torch.Tensor], bool]:
@@ -197,34 +201,25 @@ class _Run:
             images.append(x)
         return items, images, False
 
-    def _guard(self, items: list[Item], images: list[torch.Tensor]) -> tuple[list[Item], list[torch.Tensor]]:
-        """Withhold the inputs the model cannot represent (``domain.py``), or, with --allow-out-of-domain, mark
-        them and go on. Every row carries its domain scores."""
+    def _guard(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """(N,) bool, the rows to optimize: the inputs the model cannot represent (``domain.py``) are withheld
+        here, or, with --allow-out-of-domain, marked and kept. Every row carries its domain scores."""
         guard = self.engine.guard
-        if guard is None or not items:
-            return items, images
-        scores = guard.scores(self.engine.model, self.engine.e_ut, torch.stack(images).to(self.device))
-        ok = guard.accepts(scores).tolist()
-        kept = []
-        for i, (item, image) in enumerate(zip(items, images)):
+        if guard is None:
+            return torch.ones(len(items), dtype=torch.bool, device=x.device)
+        scores = guard.scores(self.engine.model, self.engine.e_ut, x, codes)
+        ok = guard.accepts(scores)
+        for i, item in enumerate(items):
             item.payload["domain"] = {k: round(float(v[i]), 5) for k, v in scores.items()}
             if not ok[i]:
                 self.out_of_domain += 1
-                if not self.allow_out_of_domain:
-                    self._withhold_out_of_domain(item)
-                    continue
-                item.payload["out_of_domain"] = guard.describe(scores, i)
-            kept.append((item, image))
-        return [k[0] for k in kept], [k[1] for k in kept]
-
-    def _withhold_out_of_domain(self, item: Item) -> None:
-        p = item.payload
-        row = {"pseudonym": p["pseudonym"], "status": "withheld", "cos_id_reconstruction": None,
-               "cos_id_optimized": None, "cos_id_saved": None, "utility_reconstruction": None, "utility": None,
-               "steps": 0, "seconds": 0.0, "attempts": 0, "bits": p["bits"], "reason": "out_of_domain",
-               "domain": p["domain"], "labels": p["labels"]}
-        self.folder.record(row, item.key)
-        self._count("withheld")
+                if self.allow_out_of_domain:
+                    item.payload["out_of_domain"] = guard.describe(scores, i)
+                else:
+                    unstarted = Finished(item, None, False, math.nan, math.nan, math.nan, math.nan, 0, 0.0)
+                    self.folder.record(self._row(unstarted, "withheld", None, "out_of_domain"), item.key)
+                    self._count("withheld")
+        return (ok | self.allow_out_of_domain).to(x.device)
 
     def _output(self, index: int, key: str, sample: dict) -> tuple[object, int]:
         """(DICOM header or None, bits per sample) of the file a record will be released as."""
@@ -254,7 +249,7 @@ class _Run:
         return {"pseudonym": p["pseudonym"], "status": status, "cos_id_reconstruction": r4(f.cos_start),
                 "cos_id_optimized": r4(f.cos_id), "cos_id_saved": r4(cos_saved), "utility_reconstruction":
                 r4(f.utility_start), "utility": r4(f.utility), "steps": f.steps, "seconds": round(f.seconds, 4),
-                "attempts": f.attempt + 1, "bits": p["bits"], "reason": reason,
+                "attempts": f.attempt + 1 if f.steps else 0, "bits": p["bits"], "reason": reason,
                 **({"domain": p["domain"]} if "domain" in p else {}),
                 **({"out_of_domain_allowed": p["out_of_domain"]} if "out_of_domain" in p else {}), "labels": p["labels"]}
 

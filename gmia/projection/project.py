@@ -121,10 +121,11 @@ class LatentRefiner:
 
 @torch.no_grad()
 def project_codes(model: AEGAN, x: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.03,
-                  noise_seeds: list[int] | None = None) -> torch.Tensor:
-    """Just the codes of x: E(x), refined on pixel MSE for ``refine_steps`` under each image's noise
-    (``noise_seeds``) or constant noise. What stage 2 starts from; no reconstructions, no metrics."""
-    w0 = model.encode(x)
+                  noise_seeds: list[int] | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Just the codes of x: E(x) (or ``start``, E(x) the caller already has), refined on pixel MSE for
+    ``refine_steps`` under each image's noise (``noise_seeds``) or constant noise. What stage 2 starts from; no
+    reconstructions, no metrics."""
+    w0 = model.encode(x) if start is None else start
     if refine_steps <= 0:
         return w0
     return _refine(model, x, w0, ReconstructionLoss(1.0, 0.0, None), refine_steps, refine_lr, noise_seeds)[0]
