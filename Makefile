@@ -11,7 +11,7 @@ DATASET   ?= phantom
 DATA_ROOT ?=
 CKPT      ?=
 PRIVACY   ?= high
-OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)
+OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)$(if $(ENGINE),-$(ENGINE))
 LIMIT     ?= 64
 
 .PHONY: install test test-fast check-report anonymize evaluate mia phantom-data train-phantom train bench clean
@@ -20,7 +20,7 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	@touch $@
 
 # The whole suite, slow end-to-end tests included (that is what CI runs), on one worker process per core (at most
@@ -65,15 +65,17 @@ phantom-data: data/phantom-cxr64/phantom.json data/phantom-face64/phantom.json
 #                                     de-identified DICOM out (FORMAT=png for PNG; docs/dicom.md)
 # PRESET= picks another preset for DATASET=folder/dicom/... (default gmia-cxr256; the phantom presets use the
 # shipped checkpoints/ when CKPT is unset)
+# ENGINE=amortized: one pass of the preset's anonymizer network per image (ENGINE=optimize: the per-image optimizer)
 # THREADS=1 when another job shares the CPU (torch's threads oversubscribe a busy core: 448 s instead of 57 s
 # for the 64 default images on a 2-core machine with one core taken); unset, torch takes every core
 ANON_THREADS = $(if $(filter command line environment,$(origin THREADS)),--threads $(THREADS))
+ANON_ENGINE  = $(if $(ENGINE),--engine $(ENGINE))
 ifeq ($(DATASET),phantom)
 anonymize: data/phantom-cxr64/phantom.json
-	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) --resume
+	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --resume
 else ifeq ($(DATASET),phantom-face)
 anonymize: data/phantom-face64/phantom.json
-	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) --resume
+	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --resume
 else
 ANON_PRESET := $(or $(PRESET),gmia-cxr256)
 ANON_CKPT   := $(or $(CKPT),$(if $(filter phantom-%,$(ANON_PRESET)),checkpoints))
@@ -82,7 +84,7 @@ ANON_LABELS  = $(if $(LABELS),--labels "$(LABELS)") $(if $(IMAGE_COLUMN),--image
 anonymize: install
 	@test -n "$(DATA_ROOT)" || { echo "make anonymize DATASET=$(DATASET) needs DATA_ROOT=<folder of the dataset> (and CKPT=<checkpoint folder>); see README.md, 'Real datasets'." >&2; exit 2; }
 	@test -n "$(ANON_CKPT)" || { echo "make anonymize DATASET=$(DATASET) needs CKPT=<checkpoint folder with generator, encoder, identity and utility weights>; see README.md, 'Real datasets'." >&2; exit 2; }
-	$(GMIA) anonymize --preset $(ANON_PRESET) --dataset $(DATASET) --data-root "$(DATA_ROOT)" $(ANON_LABELS) $(if $(FORMAT),--output-format $(FORMAT)) --checkpoints "$(ANON_CKPT)" --privacy $(PRIVACY) --out $(OUT) $(ANON_THREADS) --resume
+	$(GMIA) anonymize --preset $(ANON_PRESET) --dataset $(DATASET) --data-root "$(DATA_ROOT)" $(ANON_LABELS) $(if $(FORMAT),--output-format $(FORMAT)) --checkpoints "$(ANON_CKPT)" --privacy $(PRIVACY) --out $(OUT) $(ANON_THREADS) $(ANON_ENGINE) --resume
 endif
 
 # ---- evidence -----------------------------------------------------------------------------------------
@@ -91,12 +93,15 @@ endif
 # make mia [DATASET=phantom-face]: membership inference against the stage-1 generator (members: train split,
 # non-members: test split, latent prior fitted on val) -> outputs/mia/<preset>/mia.json
 EVAL_TRAIN ?= 400
+# the attacker's own patients: training patients, except for the amortized engine, whose network was trained on
+# them (its outputs there are not what it does for a stranger): validation patients
+EVAL_SPLIT ?= $(if $(filter amortized,$(ENGINE)),val,train)
 EVAL_PRESET := $(if $(filter phantom-face,$(DATASET)),phantom-face64,phantom-cxr64)
-EVAL_OUT    := outputs/eval/$(EVAL_PRESET)
+EVAL_OUT    := outputs/eval/$(EVAL_PRESET)$(if $(ENGINE),-$(ENGINE))
 evaluate: data/$(EVAL_PRESET)/phantom.json
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) --quiet
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split train --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-train-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) --quiet
-	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(PRIVACY) --anon-train $(EVAL_OUT)/anon-train-$(PRIVACY) --out $(EVAL_OUT)/metrics-$(PRIVACY) $(ANON_THREADS)
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --quiet
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split $(EVAL_SPLIT) --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) $(ANON_ENGINE) --quiet
+	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(PRIVACY) --anon-train $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(PRIVACY) --out $(EVAL_OUT)/metrics-$(PRIVACY) $(ANON_THREADS)
 	$(GMIA) report $(EVAL_OUT)/metrics-$(PRIVACY)
 
 mia: data/$(EVAL_PRESET)/phantom.json

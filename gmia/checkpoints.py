@@ -67,6 +67,7 @@ CHECKPOINT_CLASSES: dict[str, str] = {
     "gmia.networks.XRVUtility": "gmia.networks.xrv:XRVUtility",
     "gmia.networks.XRVAutoencoder": "gmia.networks.xrv:XRVAutoencoder",
     "gmia.decoupling.Decoupler": "gmia.decoupling.decoupler:Decoupler",
+    "gmia.anonymization.Anonymizer": "gmia.anonymization.amortized:Anonymizer",
 }
 _REGISTRY: dict[str, type[nn.Module]] = {}  # classes added with register_class()
 

@@ -1,4 +1,5 @@
-"""`gmia train ...`: train the networks that score images (E_id, E_ut, MFM, attacker) on a phantom folder.
+"""`gmia train ...`: train the networks that score images (E_id, E_ut, MFM, attacker) on a phantom folder, stage 1
+(`aegan`) and the amortized anonymizer (`anonymizer`).
 
 Each command reads options, resolves the preset's training config, calls ``gmia.networks.training.train``
 and prints one summary line. Registered in ``gmia.cli`` with ``cli.add_command(train)``.
@@ -51,7 +52,7 @@ def _run(role: str, preset, data, out, epochs, seed, batch_size, lr, device, thr
 
 @click.group()
 def train():
-    """Train the identity, utility, foundation-model and attacker networks of a preset."""
+    """Train one network of a preset: E_id, E_ut, the MFM, the attacker, stage 1 or the amortized anonymizer."""
 
 
 @train.command()
@@ -80,6 +81,44 @@ def mfm(**kw):
 def attacker(**kw):
     """The evaluation-only re-identifier (VGG-style + CosFace, own seed); never used by the optimizer."""
     _run("attacker", **kw)
+
+
+@train.command()
+@click.option("--preset", default="phantom-cxr64", show_default=True, help="Preset whose stage-2 objective it learns.")
+@click.option("--data", "data", type=click.Path(file_okay=False), default=None,
+              help="Training images: a phantom folder (train split; val for the held-out check) or your own "
+                   "folder; default data/<preset>.")
+@click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+              help="Folder holding <preset>/{aegan,identity,utility,latent-prior}.*; anonymizer.* is written there.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write anonymizer.* here instead (then copy it beside the weights).")
+@click.option("--epochs", type=int, default=None, help="Passes over the training images.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--lambda-adv", type=float, default=None,
+              help="Weight of the adversarial linker term (0: the stage-2 objective only).")
+@click.option("--limit", type=int, default=None, help="Only the first N training images.")
+@click.option("--seed", type=int, default=None)
+@machine_options
+@quiet_dry_run
+def anonymizer(preset, data, checkpoints, out, epochs, batch_size, lr, lambda_adv, limit, seed, device, threads,
+               dry_run, quiet):
+    """The amortized anonymizer: one forward pass per image (`gmia anonymize --engine amortized`)."""
+    from .config import override
+    from .anonymization.train_amortized import AmortizedConfig
+
+    cfg = override(AmortizedConfig(), epochs=epochs, batch_size=batch_size, lr=lr, lambda_adv=lambda_adv, limit=limit,
+                   seed=seed)
+    data = data or f"data/{preset}"
+    if dry_run:
+        click.echo(json.dumps({"data": data, "checkpoints": checkpoints, "out": out,
+                               "config": dataclasses.asdict(cfg)}, indent=2))
+        return
+    from .anonymization.train_amortized import train_anonymizer
+    from .machine import set_threads
+
+    set_threads(threads)
+    click.echo(f"anonymizer -> {train_anonymizer(preset, data, checkpoints, cfg, device, not quiet, out)}")
 
 
 def _add_stage1() -> None:

@@ -5,9 +5,11 @@ towards a generated surrogate identity, a privacy gate on the saved files, and a
     cfg = anonymize_config("phantom-cxr64", privacy="high")
     summary = anonymize_dataset(cfg, dataset, "outputs/anon")
 
-Modules, in the order the data flows: ``config`` (settings, presets), ``losses`` (per-image terms), ``surrogate`` (the surrogate-identity term),
-``optimizer`` (per-row Adam, stopping, compaction), ``gate`` (write, reload, re-check), ``outputs`` (the run
-folder: pseudonyms, journal, manifest, labels), ``runner`` (the loop over a dataset).
+Modules, in the order the data flows: ``config`` (settings, presets), ``domain`` (the out-of-domain guard),
+``losses`` (per-image terms), ``surrogate`` (the surrogate-identity term), ``optimizer`` (per-row Adam, stopping,
+compaction) or ``amortized`` (one pass of a trained network; trained by ``train_amortized``), ``gate`` (write,
+reload, re-check), ``outputs`` (the run folder: pseudonyms, journal, manifest, labels), ``runner`` (the loop over
+a dataset), ``on_ray`` (the same loop on a Ray cluster).
 """
 
 import importlib

@@ -8,7 +8,7 @@ import click
 
 from ..cli_options import input_options, machine_options, open_input, quiet_dry_run
 from ..config import PRIVACY_LEVELS
-from .config import PRECISIONS, PRESETS, SPEED_PROFILES, anonymize_config, config_dict
+from .config import ENGINES, PRECISIONS, PRESETS, SPEED_PROFILES, anonymize_config, config_dict
 
 __all__ = ["anonymize", "fit_domain_command", "dicom_policy"]
 
@@ -43,6 +43,10 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @click.option("--margin", type=float, default=None, help="Identity margin m in [-1, 1] (lower = more private).")
 @click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
               help="Folder holding <preset>/{aegan,identity,utility}.*")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default=None,
+              help="optimize: the per-image latent optimizer; amortized: one pass of the preset's trained anonymizer "
+                   "network (`gmia train anonymizer`), the optimizer only for files the privacy gate refuses. "
+                   "Default: the preset's.")
 @click.option("--batch-size", type=int, default=None, help="Images optimized together.")
 @click.option("--max-steps", type=int, default=None, help="Steps per image before it is withheld.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate on the latent codes.")
@@ -72,6 +76,12 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @click.option("--limit", type=int, default=None, help="Only the first N records (of this shard).")
 @click.option("--shard", default=None, help="i/n: this process takes records i, i+n, ... (same --out for all).")
 @click.option("--resume", is_flag=True, help="Finish a killed run in --out (same settings).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster through Ray Data: --ray alone starts one on this machine; --ray auto joins "
+                   "the cluster this machine belongs to; --ray ray://HOST:10001 a remote one. Needs "
+                   "pip install 'gmia[ray]'.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --ray: copies of the networks (actors), each with --threads CPU threads or one GPU.")
 @click.option("--write-linkage", is_flag=True,
               help="Also write private/linkage.csv (source → pseudonym). It RE-IDENTIFIES the released set: keep "
                    "it with the source data, never release it.")
@@ -84,9 +94,11 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse input images declaring more pixels than this, before decoding (default 36 000 000).")
 @quiet_dry_run
-def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, batch_size, max_steps,
+def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, batch_size,
+              max_steps,
               lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
-              lambda_lesion, lambda_surrogate, surrogate_cos, limit, shard, resume, write_linkage, seed, device,
+              lambda_lesion, lambda_surrogate, surrogate_cos, limit, shard, resume, ray_address, ray_actors,
+              write_linkage, seed, device,
               threads, fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None, patient_column=None,
               findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None, dicom_keep_sex_age=False):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
@@ -99,7 +111,7 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
                            mdl_margin=mdl_margin, lambda_lesion=lambda_lesion,
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
-                           seed=seed)
+                           seed=seed, engine=engine)
     shard_t = parse_shard(shard)
     # opened before --dry-run returns, so that a dry run also checks the input (its index: no image is read)
     data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)
@@ -115,7 +127,8 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                                 shard=shard_t, limit=limit, write_linkage=write_linkage, progress=not quiet,
                                 output_format=output_format,
                                 dicom=dicom_policy(dicom_dates, dicom_max_shift, dicom_keep_sex_age),
-                                allow_out_of_domain=allow_out_of_domain)
+                                allow_out_of_domain=allow_out_of_domain, ray_address=ray_address,
+                                ray_actors=ray_actors, ray_threads=threads)
     click.echo(json.dumps(summary, indent=2))
     if fail_on_error and summary["this_call"]["error"]:
         raise SystemExit(3)

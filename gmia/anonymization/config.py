@@ -28,11 +28,12 @@ from ..config import DEFAULT_PRIVACY, PRIVACY_LEVELS, margin_for, override
 from ..errors import ConfigError
 from ..fileio import jsonable
 
-__all__ = ["AnonymizeConfig", "PRESETS", "SPEED_PROFILES", "UTILITY_FORMS", "NOISE_MODES", "anonymize_config",
-           "use_bf16"]
+__all__ = ["AnonymizeConfig", "PRESETS", "SPEED_PROFILES", "UTILITY_FORMS", "NOISE_MODES", "ENGINES",
+           "anonymize_config", "use_bf16"]
 
 UTILITY_FORMS = ("l2", "mse")
 NOISE_MODES = ("per-image", "const")
+ENGINES = ("optimize", "amortized")
 PRECISIONS = ("auto", "auto-bf16", "fp32", "bf16")
 
 
@@ -77,6 +78,9 @@ class AnonymizeConfig:
     retry_slack: float = 0.05        # each retry asks for this much more slack
     # projection (w_0 = E(x), optionally refined on reconstruction loss)
     refine_steps: int = 0
+    # "optimize": the per-image optimizer from w_0; "amortized": one pass of the trained anonymizer network
+    # (amortized.py), the per-image optimizer only for files the gate refuses
+    engine: str = "optimize"
     # execution
     batch_size: int = _free(32)      # images optimized together (rows are independent: results do not depend on it)
     noise: str = "per-image"         # "per-image": fixed noise seeded from the record key; "const": G's buffers
@@ -101,6 +105,7 @@ class AnonymizeConfig:
             (-1.0 <= self.margin <= 1.0, f"margin must be in [-1, 1] (a cosine), got {self.margin}"),
             (self.utility_form in UTILITY_FORMS, f"utility_form must be one of {UTILITY_FORMS}, got {self.utility_form!r}"),
             (self.noise in NOISE_MODES, f"noise must be one of {NOISE_MODES}, got {self.noise!r}"),
+            (self.engine in ENGINES, f"engine must be one of {ENGINES}, got {self.engine!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.max_steps >= 1 and self.batch_size >= 1, "max_steps and batch_size must be >= 1"),
             (self.lr > 0 and 0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, "lr > 0 and betas in [0, 1)"),

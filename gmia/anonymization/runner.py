@@ -43,6 +43,10 @@ __all__ = ["anonymize_dataset", "record_seed", "Engine", "load_engine", "parse_s
            "check_input", "resolve_output_format", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("png", "dicom")
+# The amortized engine: a file the gate refuses goes back to the network this many times, each time asking for a
+# margin STRICTER_MARGIN lower (the network takes m as an input), before the per-image optimizer takes it
+NETWORK_RETRIES = 2
+STRICTER_MARGIN = 0.2
 
 
 def record_seed(key: str, seed: int = 0) -> int:
@@ -73,6 +77,8 @@ class Engine:
     objective: Objective
     checkpoints: dict[str, str]   # role → sha256 of its weights
     guard: DomainGuard | None = None  # the out-of-domain guard calibrated for these weights (domain.py)
+    anonymizer: torch.nn.Module | None = None  # the amortized engine's network (amortized.py)
+    prior: object | None = None   # the latent prior its surrogate codes are drawn from
 
 
 def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", device="cpu") -> Engine:
@@ -86,7 +92,7 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     model = load_aegan(folder, device=device)
     e_id = networks.load(cfg.preset, "identity", checkpoints, device=device)
     e_ut = networks.load(cfg.preset, "utility", checkpoints, device=device)
-    extra, roles, files = [], ["aegan", "identity", "utility"], {}
+    extra, roles, files, prior = [], ["aegan", "identity", "utility"], {}, None
     if cfg.lambda_mdl > 0:  # the third objective: MFM features split by the MDL decoupler
         from ..decoupling import MDLTerm, load_decoupler
 
@@ -103,14 +109,23 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         prior = LatentPrior.load(folder)
         extra.append(SurrogateTerm(model, e_id, prior, cfg.surrogate_cos, cfg.lambda_surrogate,
                                    cfg.noise))
-        files["latent_prior"] = prior.sha256  # checked against its card when loaded
     objective = Objective(IdentityTerm(e_id, cfg.lambda_id),
                           UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form) if cfg.lambda_ut > 0 else None, extra)
     guard = DomainGuard.load(folder) if DomainGuard.exists(folder) else None
     if guard is not None:
         files["domain_guard"] = guard.sha256
-    shas = {**{role: read_card(folder, role)["sha256"] for role in roles}, **files}
-    return Engine(model, e_id, e_ut, objective, shas, guard)
+    shas = {role: read_card(folder, role)["sha256"] for role in roles}
+    anonymizer = None
+    if cfg.engine == "amortized":
+        from ..projection.prior import LatentPrior
+        from .amortized import ANONYMIZER, load_anonymizer
+
+        anonymizer = load_anonymizer(folder, shas, device)
+        shas[ANONYMIZER] = read_card(folder, ANONYMIZER)["sha256"]
+        prior = prior or LatentPrior.load(folder)
+    if prior is not None:
+        files["latent_prior"] = prior.sha256  # checked against its card when loaded
+    return Engine(model, e_id, e_ut, objective, {**shas, **files}, guard, anonymizer, prior)
 
 
 def public_error(exc: Exception) -> str:
@@ -151,7 +166,10 @@ class _Run:
         self.out_of_domain = 0  # inputs the guard flagged (withheld, or released anyway when allowed)
         self.dicom = dicom  # None: PNG output
         self.todo, self.device = todo, device
-        self.opt = LatentOptimizer(engine.model, engine.objective, cfg)
+        # the amortized engine's optimizer only takes the files its network could not make private: "a few
+        # steps", stopping at the hinge (patience 0; from the network's code: 8 steps median on phantom-cxr64)
+        self.opt = LatentOptimizer(engine.model, engine.objective,
+                                   cfg if engine.anonymizer is None else dataclasses.replace(cfg, patience=0))
         self.counts = {"released": 0, "withheld": 0, "error": 0}
         self.bar = tqdm(total=len(todo), unit="img", desc="anonymize", disable=not progress, dynamic_ncols=True)
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
@@ -168,11 +186,41 @@ class _Run:
             codes = self.engine.model.encode(x)  # E(x): what the guard renders, and where the optimization starts
             keep = self._guard(items, x, codes)
             items, x, codes = [it for it, k in zip(items, keep.tolist()) if k], x[keep], codes[keep]
-            if items:
+            if items and self.engine.anonymizer is not None:
+                self._amortized(items, x, codes)
+            elif items:
                 seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
                 w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds, start=codes)
                 # refined (if at all) under each image's own noise, as it will be rendered
                 self.opt.add(items, w0, x)
+
+    @torch.no_grad()
+    def _amortized(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> None:
+        """The amortized engine: one pass of the anonymizer network per record, straight to the gate (which
+        asks the network again for a stricter margin, then sends a refused file to the optimizer: ``_finish``)."""
+        from .surrogate import surrogate_codes
+
+        w_t = surrogate_codes(self.engine.prior, [it.seed for it in items], self.device)
+        ref_id = self.engine.e_id.embed(x)
+        for i, item in enumerate(items):
+            # the source (the optimizer's reference features, if it comes to that) and the network's inputs
+            item.payload.update(source=x[i], code=codes[i], surrogate=w_t[i], passes=0, ref_id=ref_id[i:i + 1])
+        self._finish(self._network_pass(items))
+
+    @torch.no_grad()
+    def _network_pass(self, items: list[Item]) -> list[Finished]:
+        """The anonymizer network's codes for ``items``, each asking for its margin minus
+        ``STRICTER_MARGIN`` × the passes it has had (a file the gate refused comes back asking for more)."""
+        t0 = time.perf_counter()
+        p = [it.payload for it in items]
+        margins = torch.tensor([self.cfg.margin - STRICTER_MARGIN * q["passes"] for q in p], device=self.device)
+        w_a = self.engine.anonymizer(torch.stack([q["code"] for q in p]), torch.stack([q["surrogate"] for q in p]),
+                                     margins, torch.cat([q["ref_id"] for q in p]))
+        share = (time.perf_counter() - t0) / len(items)
+        for q in p:
+            q["passes"] += 1
+        return [Finished(it, w_a[i], True, math.nan, math.nan, math.nan, math.nan, 0, share,
+                         refs={"id": it.payload["ref_id"]}) for i, it in enumerate(items)]
 
     def _read(self, source: Iterator) -> tuple[list[Item], list[torch.Tensor], bool]:
         """Records read from ``source`` until the batch would be full: (items, their images, source exhausted).
@@ -249,7 +297,8 @@ class _Run:
         return {"pseudonym": p["pseudonym"], "status": status, "cos_id_reconstruction": r4(f.cos_start),
                 "cos_id_optimized": r4(f.cos_id), "cos_id_saved": r4(cos_saved), "utility_reconstruction":
                 r4(f.utility_start), "utility": r4(f.utility), "steps": f.steps, "seconds": round(f.seconds, 4),
-                "attempts": f.attempt + 1 if f.steps else 0, "bits": p["bits"], "reason": reason,
+                "attempts": f.attempt + 1 if f.w is not None else 0, "bits": p["bits"], "reason": reason,
+                **({"network_passes": p["passes"]} if "passes" in p else {}),  # the amortized engine's
                 **({"domain": p["domain"]} if "domain" in p else {}),
                 **({"out_of_domain_allowed": p["out_of_domain"]} if "out_of_domain" in p else {}), "labels": p["labels"]}
 
@@ -274,6 +323,7 @@ class _Run:
             for f in ready]
         results = write_and_check(self.engine.model, self.engine.e_id, w, [f.item.seed for f in ready], refs,
                                   staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise, writers)
+        again: list[Item] = []
         for f, g in zip(ready, results):
             p = f.item.payload
             if g.passed:
@@ -284,11 +334,19 @@ class _Run:
                 self._count("released")
                 continue
             g.staged.unlink(missing_ok=True)
+            if 0 < p.get("passes", 0) <= NETWORK_RETRIES and not f.steps:
+                again.append(f.item)  # the anonymizer network once more, for a stricter margin
+                continue
+            if "source" in p and len(f.refs) < len(self.engine.objective.terms):
+                # an amortized row: the optimizer needs every reference feature, computed on first refusal
+                f.refs = self.engine.objective.references(p["source"][None], [f.item.seed])
             if self.opt.retry(f):  # back into the batch, asking for more headroom
                 continue
             reason = f"saved image above the margin after {f.attempt} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
             self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key)
             self._count("withheld")
+        if again:
+            self._finish(self._network_pass(again))
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -338,13 +396,17 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
                       resume: bool = False, shard: tuple[int, int] = (0, 1), limit: int | None = None,
                       write_linkage: bool = False, progress: bool = True, engine: Engine | None = None,
                       output_format: str | None = None, dicom: DicomPolicy | None = None,
-                      allow_out_of_domain: bool = False) -> dict:
+                      allow_out_of_domain: bool = False, ray_address: str | None = None,
+                      ray_actors: int = 2, ray_threads: int | None = None) -> dict:
     """Anonymize ``dataset`` into ``out`` (see ``outputs`` for the layout); returns the run summary.
 
     limit: the first ``limit`` records of this shard (in dataset order). resume: finish a killed run.
     output_format: "png" or "dicom" (None: the input's, see ``resolve_output_format``); ``dicom`` sets the
     released headers' date and patient-characteristics options (DICOM output only). allow_out_of_domain: release
     inputs the domain guard flags instead of withholding them (marked in the manifest, counted at the end).
+    ray_address: run the records on a Ray cluster ("local": one started here, "auto": the cluster this machine
+    belongs to, or ray://host:port) with ``ray_actors`` copies of the networks, ``ray_threads`` CPU threads each
+    (default: this machine's cores shared out for "local", 1 on a cluster) (``on_ray.py``).
     """
     device = resolve_device(device)
     engine = engine or load_engine(cfg, checkpoints, device)
@@ -377,28 +439,39 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
         todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n) if j not in inside][:limit]
         todo = [t for t in todo if t[2] not in folder.done]
         t0 = time.time()
-        run = _Run(cfg, engine, dataset, folder, todo, device, progress, release_dicom, allow_out_of_domain)
-        run.run()
+        if ray_address is None:
+            run = _Run(cfg, engine, dataset, folder, todo, device, progress, release_dicom, allow_out_of_domain)
+            run.run()
+            counts, extra, out_of_domain = run.counts, {"batch_steps": run.batch_steps}, run.out_of_domain
+        else:
+            from .on_ray import run_on_ray
+
+            counts, out_of_domain = run_on_ray(
+                cfg, dataset, folder, todo, address=ray_address, actors=ray_actors, checkpoints=checkpoints,
+                device=None if device.type == "cpu" else str(device), dicom=release_dicom,
+                threads=ray_threads, progress=progress,
+                allow_out_of_domain=allow_out_of_domain)
+            extra = {"ray": {"address": ray_address, "actors": ray_actors}}
         seconds = time.time() - t0
-        processed = sum(run.counts.values())
+        processed = sum(counts.values())
         summary = folder.finalize(list(dataset.findings), {
-            "this_call": {**run.counts, "seconds": round(seconds, 2),
+            "this_call": {**counts, "seconds": round(seconds, 2),
                           "images_per_second": round(processed / seconds, 4) if seconds > 0 else None,
-                          "batch_steps": run.batch_steps}}, linkage_keys=keys if write_linkage else None)
+                          **extra}}, linkage_keys=keys if write_linkage else None)
     finally:
         folder.close()
     log(None, f"anonymized {processed} records in {seconds:.1f}s ({processed / max(seconds, 1e-9):.2f} img/s): "
-              f"{run.counts['released']} released, {run.counts['withheld']} withheld, {run.counts['error']} errors; "
+              f"{counts['released']} released, {counts['withheld']} withheld, {counts['error']} errors; "
               f"in total {summary['released']} released, {summary['withheld']} withheld, {summary['error']} errors "
               f"of {summary['records']} -> {folder.root}")
     if guard is None:
         log(None, "warning: no domain guard beside these weights (domain-guard.json): inputs were not checked for "
                   "being images the model can represent; calibrate one with `gmia fit-domain --preset "
                   f"{cfg.preset} --data TRAINING_IMAGES --checkpoints CKPT`")
-    if run.out_of_domain:
-        log(None, f"{run.out_of_domain} input(s) are out of the model's domain (reason out_of_domain in manifest.jsonl)"
+    if out_of_domain:
+        log(None, f"{out_of_domain} input(s) are out of the model's domain (reason out_of_domain in manifest.jsonl)"
                   + ("; RELEASED anyway (--allow-out-of-domain)" if allow_out_of_domain else ": withheld"))
-    if run.counts["error"]:  # which files: only in the private error log (their names are not public)
+    if counts["error"]:  # which files: only in the private error log (their names are not public)
         log(None, f"{run.counts['error']} input(s) could not be read; which files and why: "
                   f"{folder.private / 'errors.jsonl'}")
     return summary

@@ -29,9 +29,19 @@ import torch
 from .losses import Views, identity_cosine
 from .optimizer import noise_seeds
 
-__all__ = ["SurrogateTerm", "SURROGATE_SALT"]
+__all__ = ["SurrogateTerm", "SURROGATE_SALT", "surrogate_seeds", "surrogate_codes"]
 
 SURROGATE_SALT = 0x5EED_0F_1D  # mixed into the record seed: the surrogate draw is not the noise draw
+
+
+def surrogate_seeds(seeds: list[int]) -> list[int]:
+    """The seeds of the surrogate draws (and of their noise) for these record seeds."""
+    return [(int(s) ^ SURROGATE_SALT) & (2**63 - 1) for s in seeds]
+
+
+def surrogate_codes(prior, seeds: list[int], device=None) -> torch.Tensor:
+    """The surrogate codes w_T (N, ...) of these record seeds, drawn from the latent prior."""
+    return prior.sample(surrogate_seeds(seeds), device)
 
 
 class SurrogateTerm:
@@ -48,9 +58,9 @@ class SurrogateTerm:
     def targets(self, seeds: list[int]) -> torch.Tensor:
         """The surrogate images G(w_T) (N, C, R, R) of these record seeds."""
         device = next(self.model.parameters()).device
-        salted = [(int(s) ^ SURROGATE_SALT) & (2**63 - 1) for s in seeds]
+        salted = surrogate_seeds(seeds)
         with torch.no_grad():
-            return self.model.render(self.prior.sample(salted, device), noise_seeds(salted, self.noise))
+            return self.model.render(surrogate_codes(self.prior, seeds, device), noise_seeds(salted, self.noise))
 
     def reference(self, x_r: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
         if seeds is None or len(seeds) != len(x_r):

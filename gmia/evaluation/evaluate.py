@@ -39,6 +39,7 @@ from ..machine import resolve_device
 from ..runs import log
 from . import plots
 from .adaptive import AdaptiveConfig, train_adaptive_attacker
+from .classifier import ClassifierConfig, independent_utility
 from .fidelity import frechet_distance, image_fidelity, perceptual_metric
 from .privacy import reid_metrics, reid_pairs, record_privacy, roc_points
 from .records import batched, load_anonymized, load_real, match, read_anonymized
@@ -59,6 +60,8 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    independent_classifier: bool = True  # train the ResNet-18 of classifier.py (minutes on a CPU)
 
 
 def _folder(preset: str, root: Path, name: str) -> Path:
@@ -152,12 +155,37 @@ def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, c
                              "the other half's originals, swap, average")
     probe.update(classifier="logistic regression per finding (gmia.metrics.probe_findings)", features=feat_name)
     out["train_on_anonymized"] = probe
+    out["independent_classifier"] = _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg,
+                                                 device)
     if masks is not None and getattr(e_ut, "has_segmentation", False):
         out["lesion_dice"] = lesion_dice(run_net(e_ut.segment, x_anon, cfg.batch_size, device),
                                          run_net(e_ut.segment, x_src, cfg.batch_size, device), masks.numpy())
     else:
         out["lesion_dice"] = {"skipped": "no lesion masks in the real dataset or no segmentation head in E_ut"}
     return out
+
+
+def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg, device) -> dict:
+    """The ResNet-18 of ``classifier.py``, trained on the real training originals (cfg.max_reference of them)."""
+    if not cfg.independent_classifier:
+        return {"skipped": "turned off (EvalConfig.independent_classifier)"}
+    reference = cohort.reference
+    if len(reference) < 2 * cfg.classifier.batch_size:
+        return {"skipped": f"only {len(reference)} training originals (the classifier needs "
+                           f"{2 * cfg.classifier.batch_size})"}
+    if cfg.max_reference is not None and len(reference) > cfg.max_reference:
+        reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
+    anon_train = None
+    if anon_train_dir is not None:
+        p = get_preset(preset)
+        tr = read_anonymized(anon_train_dir)
+        tc = match(real, tr)
+        keep = np.flatnonzero(~np.isin(tc.anon_patient, np.unique(cohort.anon_patient)))
+        if len(keep) >= cfg.classifier.batch_size:
+            anon_train = (load_anonymized(tr, keep, p.channels, p.resolution), load_real(real, tc.anon_source[keep]),
+                          real.labels()[tc.anon_source[keep]])
+    return independent_utility(load_real(real, reference), real.labels()[reference], x_anon, x_src, y, findings,
+                               device, cfg.classifier, anon_train)
 
 
 def _fidelity(nets, x_anon, x_src, x_rec, cfg, device) -> dict:

@@ -2,8 +2,8 @@
 SIGINT flag, and the training images served by step.
 
 * ``RankContext``: rank, world size and device, read from the torchrun environment; everything that differs
-  between ranks or needs a collective (gradient averaging, stat means, "anyone interrupted?") goes through it.
-  With one process every collective is a no-op.
+  between ranks or needs a collective (DistributedDataParallel for the gradients, stat means, "anyone
+  interrupted?") goes through it. With one process every collective is a no-op.
 * ``ImageSource``: the training images as a seeded stream. Global batch ``s`` is positions [s·B, (s+1)·B) of
   the concatenated epoch permutations ``randperm(N, seed, epoch)``; a rank takes its contiguous share. The order
   is a pure function of the step, so resuming needs no sampler state and sharding changes nothing.
@@ -63,16 +63,16 @@ class RankContext:
         b = self.local_batch(len(global_indices))
         return global_indices[self.rank * b:(self.rank + 1) * b]
 
-    def average_gradients(self, params: list[torch.Tensor]) -> None:
-        if self.world_size == 1 or not params:
-            return
-        flat = torch.cat([p.grad.flatten() for p in params])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+    def parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under torch's DistributedDataParallel when there are several processes (it averages the
+        gradients of what runs through its forward during backward), else ``module`` itself. Buffers are not
+        broadcast: G's noise constants are the same on every rank."""
+        if self.world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:

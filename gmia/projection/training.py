@@ -49,7 +49,7 @@ from .project import reconstruction_metrics, save_grid
 from .snapshot import find_snapshot, init_weights, load_snapshot, save_snapshot
 from .runtime import ImageSource, RankContext, StopFlag
 
-__all__ = ["Networks", "TrainResult", "augment", "synthetic_batch", "train_aegan", "training_step"]
+__all__ = ["Networks", "GPasses", "DPasses", "TrainResult", "augment", "synthetic_batch", "train_aegan", "training_step"]
 
 
 @dataclass
@@ -63,6 +63,50 @@ class Networks:
     opt_D: torch.optim.Optimizer
     gen: torch.Generator        # augmentation, synthesis noise, path-length noise
     pl_mean: torch.Tensor       # running mean of the path length ()
+    g_passes: torch.nn.Module | None = None  # GPasses(G), under DistributedDataParallel with several processes
+    d_passes: torch.nn.Module | None = None  # DPasses(D), likewise (``parallelize``)
+
+    def parallelize(self, ctx: RankContext, train_generator: bool = True) -> None:
+        """Route the step's forward passes through DistributedDataParallel (one process: plain modules). DDP
+        records which parameters train when it wraps them, so the frozen-generator setting is applied first."""
+        self.G.synthesis.requires_grad_(train_generator)
+        self.g_passes = ctx.parallel(GPasses(self.G))
+        self.d_passes = ctx.parallel(DPasses(self.D))
+
+
+class GPasses(torch.nn.Module):
+    """The forward passes of E and G in a training step, behind one ``forward`` so that DistributedDataParallel
+    sees them: it averages the gradients of what ran through it over the processes, during ``backward``.
+
+    DDP waits for a gradient of every parameter it wraps. The path-length penalty does not reach the biases
+    that only shift the image, so its output carries ``0 × Σ image``: the same value, a zero gradient for all."""
+
+    def __init__(self, G: AEGAN):
+        super().__init__()
+        self.G = G
+
+    def forward(self, x: torch.Tensor, gen: torch.Generator, path_length: bool = False):
+        ws = self.G.broadcast(self.G.encode(x))
+        y = self.G.synthesis(ws, noise_mode="random", noise_generator=gen)  # networks' range
+        if not path_length:
+            return y
+        return path_lengths(y, ws, gen) + 0 * y.flatten(1).sum(1)
+
+
+class DPasses(torch.nn.Module):
+    """D's forward passes of a training step (see ``GPasses``): the logistic loss's two batches, or the R1
+    penalty on the reals (plus ``0 × logits``, so that every parameter gets a gradient)."""
+
+    def __init__(self, D: torch.nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor | None = None, r1: bool = False):
+        if not r1:
+            return self.D(real), self.D(fake)
+        real = real.detach().requires_grad_(True)
+        logits = self.D(real)
+        return r1_penalty(logits, real) + 0 * logits.flatten(1).sum(1)
 
 
 @dataclass
@@ -119,10 +163,9 @@ def synthetic_batch(x: torch.Tensor, nets: Networks, cfg: AeganConfig, prior: La
     return torch.cat([x[:x.shape[0] - n], fake])
 
 
-def _apply(opt: torch.optim.Optimizer, module: torch.nn.Module, ctx: RankContext) -> None:
-    """Average gradients over ranks, clean non-finite values (as StyleGAN2-ADA), step."""
+def _apply(opt: torch.optim.Optimizer, module: torch.nn.Module) -> None:
+    """Clean non-finite gradient values (as StyleGAN2-ADA; DDP has averaged them over the processes), step."""
     params = [p for p in module.parameters() if p.grad is not None]
-    ctx.average_gradients(params)
     for p in params:
         torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
     opt.step()
@@ -133,12 +176,14 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
                   ctx: RankContext) -> dict[str, float]:
     """One iteration on the (augmented) real batch x (N, C, R, R) in [0, 1]; returns the batch-mean losses."""
     G, D, gen = nets.G, nets.D, nets.gen
+    if nets.g_passes is None:
+        nets.parallelize(ctx, cfg.train_generator)
     stats = {}
     # Gmain: reconstruction + non-saturating GAN term, E and G together (E alone with a frozen generator)
     G.requires_grad_(True)
     G.synthesis.requires_grad_(cfg.train_generator)
     D.requires_grad_(False)
-    y = G.synthesis(G.broadcast(G.encode(x)), noise_mode="random", noise_generator=gen)  # networks' range
+    y = nets.g_passes(x, gen)  # networks' range
     x_hat = G.from_internal(y)
     rec, terms = recon_loss(x_hat, x)
     loss = rec
@@ -147,18 +192,17 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
         loss = loss + cfg.lambda_gan * gan
         stats["G/gan"] = gan.mean().item()
     loss.mean().backward()
-    _apply(nets.opt_G, G, ctx)
+    _apply(nets.opt_G, G)
     stats.update({f"G/{k}": v.mean().item() for k, v in terms.items()})
     stats["G/loss"] = loss.mean().item()
     # Greg: path-length regularisation w.r.t. the encoder's ws
     if cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
         n = max(x.shape[0] // cfg.pl_batch_shrink, 1)
-        ws = G.broadcast(G.encode(x[:n]))
-        lengths = path_lengths(G.synthesis(ws, noise_mode="random", noise_generator=gen), ws, gen)
+        lengths = nets.g_passes(x[:n], gen, path_length=True)
         nets.pl_mean.copy_(nets.pl_mean.lerp(ctx.mean(lengths.mean().detach()), cfg.pl_decay))
         penalty = path_length_penalty(lengths, nets.pl_mean)
         (penalty.mean() * cfg.pl_weight * cfg.pl_interval).backward()
-        _apply(nets.opt_G, G, ctx)
+        _apply(nets.opt_G, G)
         stats["G/pl_penalty"] = penalty.mean().item()
     if not cfg.lambda_gan:  # a plain autoencoder step (fidelity fine-tuning): nothing reads D, so skip its phases
         return stats
@@ -166,18 +210,17 @@ def training_step(nets: Networks, x: torch.Tensor, step: int, cfg: AeganConfig, 
     G.requires_grad_(False)
     D.requires_grad_(True)
     real = G.to_internal(x).detach()
-    real_logits, fake_logits = D(real), D(y.detach())
+    real_logits, fake_logits = nets.d_passes(real, y.detach())
     d_loss = d_logistic_loss(real_logits, fake_logits)
     d_loss.mean().backward()
-    _apply(nets.opt_D, D, ctx)
+    _apply(nets.opt_D, D)
     stats.update({"D/loss": d_loss.mean().item(), "D/real": real_logits.mean().item(),
                   "D/fake": fake_logits.mean().item()})
     # Dreg: lazy R1 on the reals
     if cfg.r1_gamma > 0 and cfg.r1_interval > 0 and step % cfg.r1_interval == 0:
-        real = real.requires_grad_(True)
-        penalty = r1_penalty(D(real), real)
+        penalty = nets.d_passes(real, r1=True)
         (penalty.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval).backward()
-        _apply(nets.opt_D, D, ctx)
+        _apply(nets.opt_D, D)
         stats["D/r1"] = penalty.mean().item()
     G.requires_grad_(True)
     return stats

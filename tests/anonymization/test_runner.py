@@ -162,6 +162,10 @@ def test_cli_dry_run_resolves_the_privacy_level_and_checks_the_input(phantom_dir
     resolved = json.loads(res.output)
     assert resolved["config"]["margin"] == -0.3 and resolved["config"]["privacy"] == "high"
     assert resolved["input"] == {"records": 12, "findings": ["finding_a", "finding_b"]}
+    assert resolved["config"]["engine"] == "optimize"
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--engine", "amortized",
+                                   "--dry-run"])
+    assert res.exit_code == 0 and json.loads(res.output)["config"]["engine"] == "amortized", res.output
     res = CliRunner().invoke(cli, ["anonymize", "--input", str(tmp_path / "nothing"), "--out", "y", "--dry-run"])
     assert res.exit_code != 0 and "nothing" in res.output and "not found" in res.output
     res = CliRunner().invoke(cli, ["anonymize", "--input", "x", "--out", "y", "--margin", "1.5"])
