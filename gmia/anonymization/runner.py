@@ -33,7 +33,7 @@ from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
 from .domain import DomainGuard
-from .config import RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
+from .config import PRESETS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
 from .gate import release, write_and_check
 from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer
@@ -43,10 +43,6 @@ __all__ = ["anonymize_dataset", "record_seed", "Engine", "load_engine", "parse_s
            "check_input", "resolve_output_format", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("png", "dicom")
-# The amortized engine: a file the gate refuses goes back to the network this many times, each time asking for a
-# margin STRICTER_MARGIN lower (the network takes m as an input), before the per-image optimizer takes it
-NETWORK_RETRIES = 2
-STRICTER_MARGIN = 0.2
 
 
 def record_seed(key: str, seed: int = 0) -> int:
@@ -121,6 +117,12 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         from .amortized import ANONYMIZER, load_anonymizer
 
         anonymizer = load_anonymizer(folder, shas, device)
+        trained = PRESETS[cfg.preset].margin if cfg.preset in PRESETS else None
+        if trained is not None and cfg.margin != trained:
+            log(None, f"note: the amortized network learned one operating point, about the preset's margin m = "
+                      f"{trained:g} (amortized.py); at m = {cfg.margin:g} the gate sends the files it refuses to "
+                      "the per-image optimizer, and a higher m gets images changed more than it needs: "
+                      "--engine optimize follows the margin exactly")
         shas[ANONYMIZER] = read_card(folder, ANONYMIZER)["sha256"]
         prior = prior or LatentPrior.load(folder)
     if prior is not None:
@@ -197,30 +199,20 @@ class _Run:
     @torch.no_grad()
     def _amortized(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> None:
         """The amortized engine: one pass of the anonymizer network per record, straight to the gate (which
-        asks the network again for a stricter margin, then sends a refused file to the optimizer: ``_finish``)."""
+        sends a refused file to the per-image optimizer, ``_finish``)."""
         from .surrogate import surrogate_codes
 
-        w_t = surrogate_codes(self.engine.prior, [it.seed for it in items], self.device)
-        ref_id = self.engine.e_id.embed(x)
-        for i, item in enumerate(items):
-            # the source (the optimizer's reference features, if it comes to that) and the network's inputs
-            item.payload.update(source=x[i], code=codes[i], surrogate=w_t[i], passes=0, ref_id=ref_id[i:i + 1])
-        self._finish(self._network_pass(items))
-
-    @torch.no_grad()
-    def _network_pass(self, items: list[Item]) -> list[Finished]:
-        """The anonymizer network's codes for ``items``, each asking for its margin minus
-        ``STRICTER_MARGIN`` × the passes it has had (a file the gate refused comes back asking for more)."""
         t0 = time.perf_counter()
-        p = [it.payload for it in items]
-        margins = torch.tensor([self.cfg.margin - STRICTER_MARGIN * q["passes"] for q in p], device=self.device)
-        w_a = self.engine.anonymizer(torch.stack([q["code"] for q in p]), torch.stack([q["surrogate"] for q in p]),
-                                     margins, torch.cat([q["ref_id"] for q in p]))
+        ref_id = self.engine.e_id.embed(x)
+        w_t = surrogate_codes(self.engine.prior, [it.seed for it in items], self.device)
+        w_a = self.engine.anonymizer(codes, w_t, self.cfg.margin, ref_id)
         share = (time.perf_counter() - t0) / len(items)
-        for q in p:
-            q["passes"] += 1
-        return [Finished(it, w_a[i], True, math.nan, math.nan, math.nan, math.nan, 0, share,
-                         refs={"id": it.payload["ref_id"]}) for i, it in enumerate(items)]
+        rows = []
+        for i, item in enumerate(items):
+            item.payload["source"] = x[i]  # the optimizer's reference features, if the gate refuses the file
+            rows.append(Finished(item, w_a[i], True, math.nan, math.nan, math.nan, math.nan, 0, share,
+                                 refs={"id": ref_id[i:i + 1]}))
+        self._finish(rows)
 
     def _read(self, source: Iterator) -> tuple[list[Item], list[torch.Tensor], bool]:
         """Records read from ``source`` until the batch would be full: (items, their images, source exhausted).
@@ -298,7 +290,6 @@ class _Run:
                 "cos_id_optimized": r4(f.cos_id), "cos_id_saved": r4(cos_saved), "utility_reconstruction":
                 r4(f.utility_start), "utility": r4(f.utility), "steps": f.steps, "seconds": round(f.seconds, 4),
                 "attempts": f.attempt + 1 if f.w is not None else 0, "bits": p["bits"], "reason": reason,
-                **({"network_passes": p["passes"]} if "passes" in p else {}),  # the amortized engine's
                 **({"domain": p["domain"]} if "domain" in p else {}),
                 **({"out_of_domain_allowed": p["out_of_domain"]} if "out_of_domain" in p else {}), "labels": p["labels"]}
 
@@ -323,7 +314,6 @@ class _Run:
             for f in ready]
         results = write_and_check(self.engine.model, self.engine.e_id, w, [f.item.seed for f in ready], refs,
                                   staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise, writers)
-        again: list[Item] = []
         for f, g in zip(ready, results):
             p = f.item.payload
             if g.passed:
@@ -334,9 +324,6 @@ class _Run:
                 self._count("released")
                 continue
             g.staged.unlink(missing_ok=True)
-            if 0 < p.get("passes", 0) <= NETWORK_RETRIES and not f.steps:
-                again.append(f.item)  # the anonymizer network once more, for a stricter margin
-                continue
             if "source" in p and len(f.refs) < len(self.engine.objective.terms):
                 # an amortized row: the optimizer needs every reference feature, computed on first refusal
                 f.refs = self.engine.objective.references(p["source"][None], [f.item.seed])
@@ -345,8 +332,6 @@ class _Run:
             reason = f"saved image above the margin after {f.attempt} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
             self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key)
             self._count("withheld")
-        if again:
-            self._finish(self._network_pass(again))
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
