@@ -11,10 +11,14 @@ DATASET   ?= phantom
 DATA_ROOT ?=
 CKPT      ?=
 PRIVACY   ?= high
-OUT       ?= outputs/anonymize/$(DATASET)-$(PRIVACY)$(if $(ENGINE),-$(ENGINE))
+TARGET_AUC ?=
+# the privacy knob: a named level, or TARGET_AUC=0.6 (the adaptive attacker's expected AUC, from the calibration)
+KNOB      = $(if $(TARGET_AUC),auc$(TARGET_AUC),$(PRIVACY))
+ANON_KNOB = $(if $(TARGET_AUC),--target-auc $(TARGET_AUC),--privacy $(PRIVACY))
+OUT       ?= outputs/anonymize/$(DATASET)-$(KNOB)$(if $(ENGINE),-$(ENGINE))
 LIMIT     ?= 64
 
-.PHONY: install test test-fast check-report anonymize evaluate mia phantom-data train-phantom train bench clean
+.PHONY: install test test-fast check-report anonymize evaluate calibrate mia phantom-data train-phantom train bench clean
 
 install: $(STAMP)
 
@@ -72,10 +76,10 @@ ANON_THREADS = $(if $(filter command line environment,$(origin THREADS)),--threa
 ANON_ENGINE  = $(if $(ENGINE),--engine $(ENGINE))
 ifeq ($(DATASET),phantom)
 anonymize: data/phantom-cxr64/phantom.json
-	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --resume
+	$(GMIA) anonymize --preset phantom-cxr64 --input data/phantom-cxr64 --split test $(ANON_KNOB) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --resume
 else ifeq ($(DATASET),phantom-face)
 anonymize: data/phantom-face64/phantom.json
-	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test --privacy $(PRIVACY) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --resume
+	$(GMIA) anonymize --preset phantom-face64 --input data/phantom-face64 --split test $(ANON_KNOB) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --resume
 else
 ANON_PRESET := $(or $(PRESET),gmia-cxr256)
 ANON_CKPT   := $(or $(CKPT),$(if $(filter phantom-%,$(ANON_PRESET)),checkpoints))
@@ -84,7 +88,7 @@ ANON_LABELS  = $(if $(LABELS),--labels "$(LABELS)") $(if $(IMAGE_COLUMN),--image
 anonymize: install
 	@test -n "$(DATA_ROOT)" || { echo "make anonymize DATASET=$(DATASET) needs DATA_ROOT=<folder of the dataset> (and CKPT=<checkpoint folder>); see README.md, 'Real datasets'." >&2; exit 2; }
 	@test -n "$(ANON_CKPT)" || { echo "make anonymize DATASET=$(DATASET) needs CKPT=<checkpoint folder with generator, encoder, identity and utility weights>; see README.md, 'Real datasets'." >&2; exit 2; }
-	$(GMIA) anonymize --preset $(ANON_PRESET) --dataset $(DATASET) --data-root "$(DATA_ROOT)" $(ANON_LABELS) $(if $(FORMAT),--output-format $(FORMAT)) --checkpoints "$(ANON_CKPT)" --privacy $(PRIVACY) --out $(OUT) $(ANON_THREADS) $(ANON_ENGINE) --resume
+	$(GMIA) anonymize --preset $(ANON_PRESET) --dataset $(DATASET) --data-root "$(DATA_ROOT)" $(ANON_LABELS) $(if $(FORMAT),--output-format $(FORMAT)) --checkpoints "$(ANON_CKPT)" $(ANON_KNOB) --out $(OUT) $(ANON_THREADS) $(ANON_ENGINE) --resume
 endif
 
 # ---- evidence -----------------------------------------------------------------------------------------
@@ -99,10 +103,15 @@ EVAL_SPLIT ?= $(if $(filter amortized,$(ENGINE)),val,train)
 EVAL_PRESET := $(if $(filter phantom-face,$(DATASET)),phantom-face64,phantom-cxr64)
 EVAL_OUT    := outputs/eval/$(EVAL_PRESET)$(if $(ENGINE),-$(ENGINE))
 evaluate: data/$(EVAL_PRESET)/phantom.json
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-test-$(PRIVACY) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --quiet
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split $(EVAL_SPLIT) --privacy $(PRIVACY) --out $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(PRIVACY) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) $(ANON_ENGINE) --quiet
-	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(PRIVACY) --anon-train $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(PRIVACY) --out $(EVAL_OUT)/metrics-$(PRIVACY) $(ANON_THREADS)
-	$(GMIA) report $(EVAL_OUT)/metrics-$(PRIVACY)
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test $(ANON_KNOB) --out $(EVAL_OUT)/anon-test-$(KNOB) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --quiet
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split $(EVAL_SPLIT) $(ANON_KNOB) --out $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) $(ANON_ENGINE) --quiet
+	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(KNOB) --anon-train $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --out $(EVAL_OUT)/metrics-$(KNOB) $(ANON_THREADS)
+	$(GMIA) report $(EVAL_OUT)/metrics-$(KNOB)
+
+# make calibrate [DATASET=phantom-face]: the adaptive attacker's AUC and utility at re-draw strengths 0, 0.5, 1 on
+# validation patients -> checkpoints/<preset>/calibration.json, which `make anonymize TARGET_AUC=0.6` reads
+calibrate: data/$(EVAL_PRESET)/phantom.json
+	$(GMIA) calibrate --preset $(EVAL_PRESET) --data data/$(EVAL_PRESET) $(ANON_THREADS)
 
 mia: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) mia --preset $(EVAL_PRESET) --members data/$(EVAL_PRESET) --nonmembers data/$(EVAL_PRESET) --latent-fit data/$(EVAL_PRESET) --out outputs/mia/$(EVAL_PRESET)
@@ -127,6 +136,7 @@ train-phantom: phantom-data
 	  for n in identity utility mfm attacker decoupler aegan latent-prior; do \
 	    cp $(FIT_ROOT)/$$p/$$n.safetensors $(FIT_ROOT)/$$p/$$n.json checkpoints/$$p/ || exit 1; \
 	  done; \
+	  $(GMIA) fit-split --preset $$p --data data/$$p $(FIT_MACHINE) || exit 1; \
 	done
 
 # ---- your own data ---------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit-domain": ("gmia.anonymization.cli", "fit_domain_command",
                    "Calibrate the out-of-domain guard (reconstruction error, E_ut feature distance) on training "
                    "images."),
+    "fit-split": ("gmia.anonymization.cli", "fit_split_command",
+                  "Fit the finding subspace of the latent space that a re-drawn start keeps (--redraw)."),
     "fit": ("gmia.fit.cli", "fit_command",
             "Train every network of a preset on your data: E_id, E_ut, the MFM and its decoupler, the attacker, "
             "stage 1 (AE-GAN) and its latent prior, in order; each stage resumes, and is skipped when done."),
@@ -43,6 +45,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
             "Membership inference against the stage-1 generator (GAN-Leaks style, calibrated)."),
     "sweep": ("gmia.evaluation.cli", "sweep_cmd",
               "Anonymize + evaluate at several margins: curve.csv and curve.png (attacker AUC vs. utility AUROC)."),
+    "calibrate": ("gmia.evaluation.cli", "calibrate_cmd",
+                  "Measure the adaptive attacker's AUC and utility at several re-draw strengths (for --target-auc)."),
     "report": ("gmia.evaluation.cli", "report_cmd", "One self-contained HTML page of an evaluation folder."),
 }
 

@@ -71,6 +71,12 @@ def save_tiny_checkpoints(root, roles=("aegan", "identity", "utility"), override
             LatentPrior.fit(net.eval(), torch.rand(24, kw["img_channels"], kw["img_resolution"], kw["img_resolution"],
                                                    generator=torch.Generator().manual_seed(seed))).save(
                 root / "phantom-cxr64")
+            # ... and re-draw all but a finding subspace of it (a random one: toy networks have no findings)
+            from gmia.anonymization.redraw import LatentSplit
+
+            keep, _ = torch.linalg.qr(torch.randn(kw["w_dim"], 4, generator=torch.Generator().manual_seed(seed),
+                                                  dtype=torch.float64))
+            LatentSplit(keep).save(root / "phantom-cxr64")
     return root
 
 

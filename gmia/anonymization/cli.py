@@ -8,9 +8,9 @@ import click
 
 from ..cli_options import input_options, machine_options, open_input, quiet_dry_run
 from ..config import PRIVACY_LEVELS
-from .config import ENGINES, PRECISIONS, PRESETS, SPEED_PROFILES, anonymize_config, config_dict
+from .config import ENGINES, PRECISIONS, PRESETS, SPEED_PROFILES, UTILITY_FORMS, anonymize_config, config_dict
 
-__all__ = ["anonymize", "fit_domain_command", "dicom_policy"]
+__all__ = ["anonymize", "fit_domain_command", "fit_split_command", "dicom_policy"]
 
 
 def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
@@ -73,6 +73,15 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
                    "<preset>/latent-prior.safetensors.")
 @click.option("--surrogate-cos", type=float, default=None,
               help="Surrogate pull: cosine to the surrogate identity at which it is met.")
+@click.option("--redraw", type=click.FloatRange(0, 1), default=None,
+              help="Start from a code that keeps only the source's findings, the rest re-drawn from a surrogate "
+                   "(0: off, 1: all but the findings). Needs <preset>/latent-split.* (gmia fit-split).")
+@click.option("--target-auc", type=click.FloatRange(0.5, 1.0), default=None,
+              help="The privacy asked in attacker terms: the adaptive attacker's expected own-source AUC on held-out "
+                   "patients. Sets --redraw from <preset>/calibration.json (gmia calibrate); refuses a target the "
+                   "table cannot reach.")
+@click.option("--utility-form", type=click.Choice(list(UTILITY_FORMS)), default=None,
+              help="Utility distance: l2/mse on E_ut's features, or 'findings' (its finding probabilities only).")
 @click.option("--limit", type=int, default=None, help="Only the first N records (of this shard).")
 @click.option("--shard", default=None, help="i/n: this process takes records i, i+n, ... (same --out for all).")
 @click.option("--resume", is_flag=True, help="Finish a killed run in --out (same settings).")
@@ -97,7 +106,7 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, batch_size,
               max_steps,
               lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
-              lambda_lesion, lambda_surrogate, surrogate_cos, limit, shard, resume, ray_address, ray_actors,
+              lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, utility_form, limit, shard, resume, ray_address, ray_actors,
               write_linkage, seed, device,
               threads, fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None, patient_column=None,
               findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None, dicom_keep_sex_age=False):
@@ -106,18 +115,23 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""
     from .runner import anonymize_dataset, parse_shard
 
+    calibration = None
+    if target_auc is not None:
+        calibration = _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw)
+        redraw = calibration["redraw"]
     cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, patience=patience, refine_steps=refine_steps,
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
                            mdl_margin=mdl_margin, lambda_lesion=lambda_lesion,
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
-                           seed=seed, engine=engine)
+                           redraw=redraw, utility_form=utility_form, seed=seed, engine=engine)
     shard_t = parse_shard(shard)
     # opened before --dry-run returns, so that a dry run also checks the input (its index: no image is read)
     data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)
     data.max_pixels = max_pixels
     if dry_run:
         click.echo(json.dumps({"out": out, "shard": shard_t, "limit": limit, "config": config_dict(cfg),
+                               "calibration": calibration,
                                "input": {"records": len(data), "findings": list(data.findings)}}, indent=2))
         return
     from ..machine import set_threads  # here, not at the top: `gmia anonymize --help` stays fast (no torch)
@@ -128,10 +142,26 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                                 output_format=output_format,
                                 dicom=dicom_policy(dicom_dates, dicom_max_shift, dicom_keep_sex_age),
                                 allow_out_of_domain=allow_out_of_domain, ray_address=ray_address,
-                                ray_actors=ray_actors, ray_threads=threads)
+                                ray_actors=ray_actors, ray_threads=threads, calibration=calibration)
     click.echo(json.dumps(summary, indent=2))
     if fail_on_error and summary["this_call"]["error"]:
         raise SystemExit(3)
+
+
+def _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw) -> dict:
+    """--target-auc: the setting the preset's calibration table gives (gmia.evaluation.calibrate)."""
+    from ..errors import ConfigError
+    from ..evaluation.calibrate import load_calibration, pick_setting
+    from ..networks import checkpoint_dir
+
+    if privacy is not None or margin is not None or redraw is not None:
+        raise ConfigError("--target-auc sets the privacy knob from the calibration table; leave out --privacy, "
+                          "--margin and --redraw")
+    folder = checkpoint_dir(preset, checkpoints)
+    setting = pick_setting(load_calibration(folder), target_auc)
+    click.echo(f"--target-auc {target_auc:g}: redraw {setting['redraw']:g}, expected adaptive own-source AUC "
+               f"{setting['expected_auc']:.3f} ({folder / 'calibration.json'})", err=True)
+    return setting
 
 
 @click.command("fit-domain")
@@ -153,3 +183,25 @@ def fit_domain_command(preset, data, split, calibration_split, checkpoints, limi
 
     set_threads(threads)
     fit_domain_guard(preset, checkpoints, data, split, limit, device, calibration_split)
+
+
+@click.command("fit-split")
+@click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
+@click.option("--data", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Labelled training images (a phantom folder, or your own folder with a labels file).")
+@click.option("--split", default="train", show_default=True, help="Phantom split (ignored for image folders).")
+@click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+              help="Folder holding <preset>/{aegan,latent-prior}.*; latent-split.* is written beside them.")
+@click.option("--rank", type=int, default=48, show_default=True, help="Directions of the kept finding subspace.")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@machine_options
+def fit_split_command(preset, data, split, checkpoints, rank, limit, device, threads):
+    """Fit the finding subspace of the latent space that a re-drawn start keeps (--redraw)."""
+    from ..data import is_phantom_folder
+    from ..machine import set_threads
+    from ..networks import checkpoint_dir
+    from .redraw import fit_split
+
+    set_threads(threads)
+    fit_split(checkpoint_dir(preset, checkpoints), data, split if is_phantom_folder(data) else None, rank, limit,
+              device)

@@ -31,7 +31,7 @@ from ..fileio import jsonable
 __all__ = ["AnonymizeConfig", "PRESETS", "SPEED_PROFILES", "UTILITY_FORMS", "NOISE_MODES", "ENGINES",
            "anonymize_config", "use_bf16"]
 
-UTILITY_FORMS = ("l2", "mse")
+UTILITY_FORMS = ("l2", "mse", "findings")
 NOISE_MODES = ("per-image", "const")
 ENGINES = ("optimize", "amortized")
 PRECISIONS = ("auto", "auto-bf16", "fp32", "bf16")
@@ -52,7 +52,8 @@ class AnonymizeConfig:
     # losses (reference: λ_id = λ_ut = 1, L_ut as MSE over the 512 features; the paper writes the L2 norm)
     lambda_id: float = 1.0           # weight of the identity hinge max(0, cos - m)
     lambda_ut: float = 1.0           # weight of the utility distance
-    utility_form: str = "l2"         # "l2": ||E_ut(x_A) - E_ut(x_R)||_2 (paper); "mse": mean of squares (code)
+    utility_form: str = "l2"         # "l2": ||E_ut(x_A) - E_ut(x_R)||_2 (paper); "mse": mean of squares (code);
+    #                                  "findings": KL of E_ut's finding probabilities (keeps the diagnosis only)
     # optimizer (reference: Adam lr 0.01, betas (0, 0.99), eps 1e-8, up to 1000 steps). lr 0.03: on 48 phantom
     # test images (stage 1 at 50 kimg, m = 0) it needs 99 steps per image instead of 187 at lr 0.01, for the same
     # utility (E_ut macro AUROC 1.000 vs 0.999); lr 0.1 moved the codes too far (utility distance 0.74 vs 0.38)
@@ -78,6 +79,9 @@ class AnonymizeConfig:
     retry_slack: float = 0.05        # each retry asks for this much more slack
     # projection (w_0 = E(x), optionally refined on reconstruction loss)
     refine_steps: int = 0
+    # start: re-draw all but the findings from the record's surrogate code (redraw.py; needs <preset>/latent-split.*
+    # and latent-prior.*): 0 = start at the source's code, 1 = keep only the finding subspace of the source
+    redraw: float = 0.0
     # "optimize": the per-image optimizer from w_0; "amortized": one pass of the trained anonymizer network
     # (amortized.py), the per-image optimizer only for files the gate refuses
     engine: str = "optimize"
@@ -111,6 +115,9 @@ class AnonymizeConfig:
             (self.lr > 0 and 0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, "lr > 0 and betas in [0, 1)"),
             (self.patience >= 0 and self.gate_retries >= 0 and self.refine_steps >= 0,
              "patience, gate_retries and refine_steps must be >= 0"),
+            (0.0 <= self.redraw <= 1.0, f"redraw must be in [0, 1] (0: off), got {self.redraw}"),
+            (self.redraw == 0.0 or self.engine == "optimize", "redraw is a start of the per-image optimizer; the "
+             "amortized engine's network takes the source's own code (use --engine optimize, or --redraw 0)"),
             (self.output_bits in (None, 8, 16), f"output_bits must be 8, 16 or unset, got {self.output_bits}"),
         ]
         for ok, message in checks:
@@ -121,6 +128,10 @@ class AnonymizeConfig:
 # Fields that change the images a run produces: ``--resume`` refuses a run folder made with other values. Every
 # field is one unless marked ``_free`` (a new field is checked on resume until someone shows it is free).
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(AnonymizeConfig) if not f.metadata.get("free_on_resume"))
+# A field added later has a default that reproduces what runs did before it existed (engine "optimize", redraw 0):
+# a run folder made before it is resumed as long as the new value is that default.
+RESULT_DEFAULTS = {f.name: jsonable(f.default) for f in dataclasses.fields(AnonymizeConfig)
+                   if f.name in RESULT_FIELDS and f.default is not dataclasses.MISSING}
 
 PRESETS: dict[str, AnonymizeConfig] = {
     # 64 px phantoms: surrogate identities on (surrogate.py), w_0 = E(x) unrefined, lr 0.1, 10 steps of patience.
@@ -136,12 +147,12 @@ PRESETS: dict[str, AnonymizeConfig] = {
     # the intervals, so the preset keeps 0.9. Faces (0.7): 0.845; at 0.95: 0.834 at 0.43 vs 0.69 img/s (docs/results.md).
     "phantom-cxr64": AnonymizeConfig(preset="phantom-cxr64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
                                      privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0,
-                                     surrogate_cos=0.9),
+                                     surrogate_cos=0.9, redraw=1.0),
     # Faces also keep the lesion map (E_ut segments): on 32 test images lesion Dice 0.28 -> 0.53 with the term,
     # attacker AUC 0.378 -> 0.366, E_ut AUROC 1.000 both (the hinge-only setting: 0.42).
     "phantom-face64": AnonymizeConfig(preset="phantom-face64", margin=PRIVACY_LEVELS[DEFAULT_PRIVACY],
                                       privacy=DEFAULT_PRIVACY, lr=0.1, patience=10, lambda_surrogate=1.0,
-                                      lambda_lesion=1.0),
+                                      lambda_lesion=1.0, redraw=1.0),
     # The published setting: README margin -0.7, MSE utility, stop at the hinge (patience 0).
     "gmia-cxr256": AnonymizeConfig(preset="gmia-cxr256", margin=PRIVACY_LEVELS["max"], privacy="max", utility_form="mse",
                                    patience=0, batch_size=8),
@@ -161,7 +172,7 @@ PRESETS: dict[str, AnonymizeConfig] = {
 #   7 at 0.03 (16 images).
 SPEED_PROFILES: dict[str, dict] = {
     "quality": {},
-    "fast": dict(patience=0, refine_steps=0, lr=0.1, precision="auto-bf16", lambda_surrogate=0.0),
+    "fast": dict(patience=0, refine_steps=0, lr=0.1, precision="auto-bf16", lambda_surrogate=0.0, redraw=0.0),
 }
 
 
@@ -177,6 +188,8 @@ def anonymize_config(preset: str, privacy: str | None = None, margin: float | No
     if privacy is not None or margin is not None:
         cfg = dataclasses.replace(cfg, margin=margin_for(privacy, margin), privacy=None if margin is not None else privacy)
     cfg = dataclasses.replace(cfg, **SPEED_PROFILES[speed or "quality"])
+    if changes.get("engine") == "amortized" and changes.get("redraw") is None:
+        cfg = dataclasses.replace(cfg, redraw=0.0)  # the amortized network starts from E(x) (see redraw.py)
     return override(cfg, **changes)
 
 

@@ -39,16 +39,22 @@ def identity_hinge(e_a: torch.Tensor, e_r: torch.Tensor, margin: float | torch.T
 
 
 def utility_distance(f_a: torch.Tensor, f_r: torch.Tensor, form: str = "l2") -> torch.Tensor:
-    """Per-row feature distance (N,): "l2" = ‖f_a − f_r‖₂ (the paper), "mse" = mean((f_a − f_r)²) (the code)."""
+    """Per-row distance (N,): "l2" = ‖f_a − f_r‖₂ (the paper), "mse" = mean((f_a − f_r)²) (the code), both on
+    features; "findings" = Σ_f KL(Bernoulli(σ(r_f)) ‖ Bernoulli(σ(a_f))) on finding *logits*: the diagnosis is
+    kept, and nothing else of the source's features is asked for."""
     if f_a.shape != f_r.shape:
         raise InputError(f"utility features: shapes differ, {tuple(f_a.shape)} vs {tuple(f_r.shape)}")
+    if form == "findings":
+        p = torch.sigmoid(f_r)
+        return (F.binary_cross_entropy_with_logits(f_a, p, reduction="none")
+                - F.binary_cross_entropy_with_logits(f_r, p, reduction="none")).flatten(1).sum(dim=1)
     diff = (f_a - f_r).flatten(1)
     if form == "l2":
         # sqrt has an infinite gradient at 0 (x_A == x_R at step 0); the tiny floor keeps it finite
         return diff.square().sum(dim=1).clamp_min(1e-12).sqrt()
     if form == "mse":
         return diff.square().mean(dim=1)
-    raise InputError(f"utility distance form must be 'l2' or 'mse', got {form!r}")
+    raise InputError(f"utility distance form must be 'l2', 'mse' or 'findings', got {form!r}")
 
 
 def soft_dice_distance(p_a: torch.Tensor, p_r: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -86,6 +92,11 @@ class Views:
         if hasattr(net, "outputs"):
             return self._once(net, "outputs", net.outputs)["features"]
         return self._once(net, "features", net.features)
+
+    def logits(self, net) -> torch.Tensor:
+        if hasattr(net, "outputs"):
+            return self._once(net, "outputs", net.outputs)["logits"]
+        return self._once(net, "logits", net.logits)
 
     def segment(self, net) -> torch.Tensor:
         return torch.sigmoid(self._once(net, "outputs", net.outputs)["mask_logits"])
@@ -130,10 +141,12 @@ class UtilityTerm:
 
     def reference(self, x_r: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.net.features(x_r)
+            return self.net.logits(x_r) if self.form == "findings" else self.net.features(x_r)
 
     def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-        return utility_distance(Views.of(x_a, views).features(self.net), ref, self.form)
+        views = Views.of(x_a, views)
+        out = views.logits(self.net) if self.form == "findings" else views.features(self.net)
+        return utility_distance(out, ref, self.form)
 
 
 class LesionTerm:

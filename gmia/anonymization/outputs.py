@@ -43,7 +43,10 @@ PSEUDONYM_HEX = 20         # 80 bits
 class RunFolder:
     """Owns OUT/: creation or resume, pseudonyms, the journal, and the final public tables."""
 
-    def __init__(self, out: str | Path, run_record: dict, result_config: dict, resume: bool, shard: tuple[int, int]):
+    def __init__(self, out: str | Path, run_record: dict, result_config: dict, resume: bool, shard: tuple[int, int],
+                 defaults: dict | None = None):
+        """defaults: each result setting's value before it existed; a run made before a setting was added is
+        resumed when the new value is that one (the images it made are the same)."""
         self.root = Path(out)
         self.images = self.root / "images"
         self.private = self.root / "private"
@@ -56,9 +59,11 @@ class RunFolder:
             if not resume:
                 raise ConfigError(f"{self.root} already holds an anonymization run; pass --resume to finish it, or "
                                   "choose a new --out (nothing is overwritten)")
-            if previous.get("result_config") != result_config:
-                before = previous.get("result_config", {})
-                changed = sorted(k for k in {*before, *result_config} if before.get(k) != result_config.get(k))
+            before = previous.get("result_config", {})
+            defaults = defaults or {}
+            changed = sorted(k for k in {*before, *result_config}
+                             if before.get(k, defaults.get(k)) != result_config.get(k))
+            if changed:
                 raise ConfigError(f"{run_json}: --resume with different settings ({', '.join(changed)}); "
                                   "rerun with the original settings or choose a new --out")
         elif self.root.exists() and not _fresh(self.root):

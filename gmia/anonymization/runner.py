@@ -33,7 +33,7 @@ from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
 from .domain import DomainGuard
-from .config import PRESETS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
+from .config import PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
 from .gate import release, write_and_check
 from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer
@@ -75,6 +75,7 @@ class Engine:
     guard: DomainGuard | None = None  # the out-of-domain guard calibrated for these weights (domain.py)
     anonymizer: torch.nn.Module | None = None  # the amortized engine's network (amortized.py)
     prior: object | None = None   # the latent prior its surrogate codes are drawn from
+    split: object | None = None   # the finding subspace of the re-drawn start (redraw.py)
 
 
 def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", device="cpu") -> Engine:
@@ -111,6 +112,14 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     if guard is not None:
         files["domain_guard"] = guard.sha256
     shas = {role: read_card(folder, role)["sha256"] for role in roles}
+    split = None
+    if cfg.redraw > 0:  # the start keeps only the source's findings (redraw.py)
+        from ..projection.prior import LatentPrior
+        from .redraw import LatentSplit
+
+        prior = prior or LatentPrior.load(folder)
+        split = LatentSplit.load(folder)
+        files["latent_split"] = split.sha256
     anonymizer = None
     if cfg.engine == "amortized":
         from ..projection.prior import LatentPrior
@@ -127,7 +136,7 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         prior = prior or LatentPrior.load(folder)
     if prior is not None:
         files["latent_prior"] = prior.sha256  # checked against its card when loaded
-    return Engine(model, e_id, e_ut, objective, {**shas, **files}, guard, anonymizer, prior)
+    return Engine(model, e_id, e_ut, objective, {**shas, **files}, guard, anonymizer, prior, split)
 
 
 def public_error(exc: Exception) -> str:
@@ -193,6 +202,11 @@ class _Run:
             elif items:
                 seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
                 w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds, start=codes)
+                if self.engine.split is not None:  # identity, pose, exposure from the record's surrogate
+                    from .surrogate import surrogate_codes
+
+                    w_t = surrogate_codes(self.engine.prior, [it.seed for it in items], self.device)
+                    w0 = self.engine.split.redraw(w0, w_t, self.engine.prior, self.cfg.redraw)
                 # refined (if at all) under each image's own noise, as it will be rendered
                 self.opt.add(items, w0, x)
 
@@ -382,7 +396,7 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
                       write_linkage: bool = False, progress: bool = True, engine: Engine | None = None,
                       output_format: str | None = None, dicom: DicomPolicy | None = None,
                       allow_out_of_domain: bool = False, ray_address: str | None = None,
-                      ray_actors: int = 2, ray_threads: int | None = None) -> dict:
+                      ray_actors: int = 2, ray_threads: int | None = None, calibration: dict | None = None) -> dict:
     """Anonymize ``dataset`` into ``out`` (see ``outputs`` for the layout); returns the run summary.
 
     limit: the first ``limit`` records of this shard (in dataset order). resume: finish a killed run.
@@ -391,7 +405,8 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
     inputs the domain guard flags instead of withholding them (marked in the manifest, counted at the end).
     ray_address: run the records on a Ray cluster ("local": one started here, "auto": the cluster this machine
     belongs to, or ray://host:port) with ``ray_actors`` copies of the networks, ``ray_threads`` CPU threads each
-    (default: this machine's cores shared out for "local", 1 on a cluster) (``on_ray.py``).
+    (default: this machine's cores shared out for "local", 1 on a cluster) (``on_ray.py``). calibration: the
+    setting ``--target-auc`` chose (``gmia.evaluation.calibrate.pick_setting``), recorded in run.json.
     """
     device = resolve_device(device)
     engine = engine or load_engine(cfg, checkpoints, device)
@@ -400,6 +415,8 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
               "versions": {k: env.get(k) for k in ("gmia", "torch", "python", "git_sha")}, "hardware": env.get("device"),
               "seed": cfg.seed, "input": {"dataset": type(dataset).__name__, "records": len(dataset),
                                           "findings": list(dataset.findings)}}
+    if calibration is not None:  # the privacy asked in attacker terms and what the table expects of this setting
+        record["calibration"] = calibration
     result_config = {k: v for k, v in config_dict(cfg).items() if k in RESULT_FIELDS}
     guard = engine.guard
     if guard is not None and allow_out_of_domain:
@@ -411,7 +428,7 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
     if fmt == "dicom":  # a resumed run must write the same kind of files with the same header rules
         policy = dicom or DicomPolicy()
         record["output"] = result_config["output"] = {"format": fmt, "dicom": dataclasses.asdict(policy)}
-    folder = RunFolder(out, record, result_config, resume, shard)
+    folder = RunFolder(out, record, result_config, resume, shard, RESULT_DEFAULTS)
     try:
         getattr(dataset, "use_patient_key", lambda key: None)(folder.subkey("patient"))  # keyed PatientIDs
         release_dicom = DicomRelease(folder.subkey("dicom"), policy) if fmt == "dicom" else None

@@ -75,11 +75,24 @@ def _logits(net, x: torch.Tensor, device, batch: int = 256) -> np.ndarray:
     return torch.cat([net(x[s:s + batch].to(device) * 2 - 1).float().cpu() for s in range(0, len(x), batch)]).numpy()
 
 
+# Classifiers trained on originals, by (dataset, records, device, config): one process that evaluates several runs
+# against the same data (gmia calibrate, gmia sweep) trains each once. Training is seeded, so this changes no number.
+_TRAINED: dict = {}
+
+
 def independent_utility(x_train: torch.Tensor, y_train: np.ndarray, x_anon: torch.Tensor, x_src: torch.Tensor,
                         y: np.ndarray, findings: list[str], device, cfg: ClassifierConfig = ClassifierConfig(),
-                        anon_train: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None) -> dict:
-    """Both readings (module doc). ``anon_train``: (anonymized training images, their originals, their labels)."""
-    net = train_classifier(x_train, y_train, cfg, device)
+                        anon_train: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
+                        cache_key: tuple | None = None) -> dict:
+    """Both readings (module doc). ``anon_train``: (anonymized training images, their originals, their labels).
+    ``cache_key``: names the training set, so that a second call with the same key reuses the trained network."""
+    key = None if cache_key is None else (*cache_key, cfg)
+    net = _TRAINED.get(key) if key is not None else None
+    if net is None:
+        net = train_classifier(x_train, y_train, cfg, device)
+        if key is not None:
+            _TRAINED.clear()  # one at a time: a process evaluates one dataset
+            _TRAINED[key] = net
     s_anon, s_src = _logits(net, x_anon, device), _logits(net, x_src, device)
     anon, src = macro_auroc(y, s_anon), macro_auroc(y, s_src)
     per_a = dict(zip(findings, per_finding_auroc(y, s_anon).tolist()))

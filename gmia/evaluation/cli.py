@@ -13,7 +13,7 @@ import click
 from ..cli_options import labels_columns, labels_options, machine_options
 from ..config import PRESETS
 
-__all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "report_cmd", "COMMANDS"]
+__all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "calibrate_cmd", "report_cmd", "COMMANDS"]
 
 _preset = click.option("--preset", default="phantom-cxr64", show_default=True, type=click.Choice(list(PRESETS)))
 _ckpt = click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
@@ -41,16 +41,18 @@ def _set_threads(threads):
 @_boot
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N released images.")
 @click.option("--adaptive-epochs", type=int, default=None, help="Epochs of the adaptive attacker's retraining.")
+@click.option("--adaptive-seeds", type=int, default=None,
+              help="Runs per adaptive attacker family (default 3; the strongest run is reported).")
 @machine_options
 def evaluate_cmd(preset, real_dir, anon_dir, out, checkpoints, anon_train, labels, image_column, patient_column,
-                 findings, bootstrap, limit, adaptive_epochs, device, threads):
+                 findings, bootstrap, limit, adaptive_epochs, adaptive_seeds, device, threads):
     """Privacy (independent + adaptive attacker), control, utility, fidelity, record-level privacy."""
     from .evaluate import EvalConfig, evaluate
     from ..config import override
 
     _set_threads(threads)
     cfg = EvalConfig()
-    adaptive = override(cfg.adaptive, epochs=adaptive_epochs)
+    adaptive = override(cfg.adaptive, epochs=adaptive_epochs, seeds=adaptive_seeds)
     cfg = dataclasses.replace(override(cfg, bootstrap=bootstrap, limit=limit), adaptive=adaptive)
     evaluate(preset, real_dir, anon_dir, out, checkpoints=checkpoints, anon_train=anon_train, cfg=cfg, device=device,
              labels=labels, **labels_columns(labels, image_column, patient_column, findings))
@@ -98,11 +100,13 @@ def mia_cmd(preset, members, nonmembers, out, members_split, nonmembers_split, l
 @click.option("--limit", type=int, default=None, help="Only the first N records per margin.")
 @click.option("--max-steps", type=int, default=None, help="Stage-2 steps per image.")
 @click.option("--batch-size", type=int, default=None, help="Stage-2 batch size.")
+@click.option("--train-images", type=int, default=400, show_default=True,
+              help="Training-patient images anonymized per margin for the adaptive attacker (0: leave it out).")
 @_ckpt
 @_boot
 @machine_options
-def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_size, checkpoints, bootstrap, device,
-              threads):
+def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_size, train_images, checkpoints,
+              bootstrap, device, threads):
     """Anonymize + evaluate at several margins: curve.csv and curve.png (attacker AUC vs. utility AUROC)."""
     from ..config import override
     from .evaluate import EvalConfig
@@ -111,7 +115,50 @@ def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_si
     _set_threads(threads)
     sweep(preset, parse_margins(margins), input_dir, out, checkpoints=checkpoints, split=split, limit=limit,
           eval_cfg=override(EvalConfig(), bootstrap=bootstrap),
-          anonymize_overrides={"max_steps": max_steps, "batch_size": batch_size}, device=device)
+          anonymize_overrides={"max_steps": max_steps, "batch_size": batch_size}, device=device,
+          train_images=train_images)
+
+
+@click.command("calibrate")
+@_preset
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="A folder with patient splits (phantom folder): training patients train the attacker, held-out "
+                   "ones are attacked.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The table (default <checkpoints>/<preset>/calibration.json, where --target-auc reads it).")
+@click.option("--strengths", default="0,0.5,1", show_default=True, help="Re-draw strengths to measure.")
+@click.option("--train-images", type=int, default=None, help="Anonymized training images (default 400).")
+@click.option("--test-images", type=int, default=None, help="Held-out images attacked (default 200).")
+@click.option("--test-split", default=None, help="Split of the held-out patients (default val).")
+@click.option("--adaptive-seeds", type=int, default=None, help="Seeds per attacker family (default 3).")
+@_ckpt
+@_boot
+@machine_options
+def calibrate_cmd(preset, data_dir, out, strengths, train_images, test_images, test_split, adaptive_seeds,
+                  checkpoints, bootstrap, device, threads):
+    """Measure the adaptive attacker's AUC and utility at several re-draw strengths (for --target-auc)."""
+    from pathlib import Path
+
+    from ..config import override
+    from ..networks import checkpoint_dir
+    from .calibrate import CALIBRATION_FILE, CalibrationConfig, calibrate
+
+    _set_threads(threads)
+    try:
+        grid = tuple(float(v) for v in strengths.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"comma-separated numbers in [0, 1], got {strengths!r}", param_hint="--strengths")
+    base = CalibrationConfig()
+    ev = dataclasses.replace(override(base.eval, bootstrap=bootstrap),
+                             adaptive=override(base.eval.adaptive, seeds=adaptive_seeds))
+    cfg = dataclasses.replace(override(base, train_images=train_images, test_images=test_images,
+                                       test_split=test_split), strengths=grid, eval=ev)
+    out = Path(out) if out else checkpoint_dir(preset, checkpoints) / CALIBRATION_FILE
+    table = calibrate(preset, data_dir, out, checkpoints=checkpoints, cfg=cfg, device=device)
+    for row in table["rows"]:
+        click.echo(f"redraw {row['redraw']:.2f}: adaptive own-source AUC {row['adaptive_auc_own_source']:.3f} "
+                   f"{row['adaptive_auc_own_source_ci95']}, same patient {row['adaptive_auc_same_patient']:.3f}, "
+                   f"independent classifier ratio {row['independent_classifier_ratio']}")
 
 
 @click.command("report")
@@ -127,4 +174,4 @@ def report_cmd(eval_dir, out, sweep_dir, mia_path):
     click.echo(write_report(eval_dir, out, sweep=sweep_dir, mia=mia_path))
 
 
-COMMANDS = (evaluate_cmd, mia_cmd, sweep_cmd, report_cmd)
+COMMANDS = (evaluate_cmd, mia_cmd, sweep_cmd, calibrate_cmd, report_cmd)

@@ -23,18 +23,25 @@ from ..fileio import atomic_write
 
 __all__ = ["write_report", "SECTIONS", "ACCEPTANCE"]
 
-SECTIONS = ("Summary", "Privacy", "Control", "Utility", "Fidelity", "Record-level privacy", "Membership inference",
+SECTIONS = ("Summary", "Threat model", "Privacy", "Control", "Utility", "Fidelity", "Record-level privacy", "Membership inference",
             "Privacy-utility curve", "Examples", "Withheld images", "Run configuration")
 
 # The project's quality bars (phantom presets): (label, path in metrics.json, op, bar)
 ACCEPTANCE = (
     ("attacker re-identifies originals (other study)", ("control", "attacker_on_originals", "auc_same_patient_other_study"), ">=", 0.95),
-    ("attacker re-identifies reconstructions (other study)", ("control", "attacker", "auc_same_patient_other_study"), ">=", 0.90),
+    # the privacy must be the method's, not a blurry generator's
+    ("attacker re-identifies reconstructions (other study)", ("control", "attacker", "auc_same_patient_other_study"), ">=", 0.95),
     ("attacker on anonymized, own source", ("privacy", "attacker", "auc_own_source"), "<=", 0.65),
     # stricter than the AUC bar above: an AUC far below 0.5 links too (reverse the ranking), so bound max(AUC, 1 - AUC)
     ("attacker linkability max(AUC, 1 - AUC), own source", ("privacy", "attacker", "auc_own_source_linkability"),
-     "<=", 0.65),
-    ("adaptive attacker on anonymized, own source", ("privacy", "adaptive_attacker", "auc_own_source"), "<=", 0.70),
+     "<=", 0.60),
+    # the attacker who knows the method (THREAT_MODEL): the strongest of two families x seeds, retrained on anonymized
+    # training patients
+    ("adaptive attacker, same patient other study", ("privacy", "adaptive_attacker", "auc_same_patient_other_study"),
+     "<=", 0.60),
+    ("adaptive attacker, own source", ("privacy", "adaptive_attacker", "auc_own_source"), "<=", 0.65),
+    ("adaptive attacker, own source: upper end of the 95% interval", ("privacy", "adaptive_attacker",
+                                                                      "auc_own_source_ci95", 1), "<=", 0.70),
     ("utility macro AUROC on anonymized", ("utility", "macro_auroc"), ">=", 0.90),
     ("train-on-anonymized gap (AUROC points / 100)", ("utility", "train_on_anonymized", "gap"), "<=", 0.05),
     # a classifier the optimizer never saw (ResNet-18, classifier.py): what is left of the findings for anyone else
@@ -42,7 +49,22 @@ ACCEPTANCE = (
      0.97),
     ("independent classifier: trained on anonymized vs originals, gap", ("utility", "independent_classifier",
                                                                        "train_on_anonymized", "gap"), "<=", 0.03),
+    ("lesion Dice: anonymized / originals (face presets)", ("utility", "lesion_dice", "ratio"), ">=", 0.85),
 )
+
+# Who the numbers protect against (stated in the report, so that a reader knows what a "pass" means).
+THREAT_MODEL = """<p>The attacker knows the method. They hold the released set, the weights it was made with (shipped
+or the data holder's), <code>gmia</code> itself, and labelled images of many patients: enough to anonymize some
+of them and train re-identifiers on the result. Their goals, most important first:</p><ol>
+<li><b>same patient</b>: given another image (another study) of a patient, find that patient's images in the
+release;</li><li><b>own source</b>: given the very image that was anonymized, find its released version;</li>
+<li><b>membership</b>: decide whether a patient is in the release at all.</li></ol>
+<p>The <i>adaptive attacker</i> plays this attacker: re-identifiers of two families (the attacker's VGG-style
+network, fine-tuned, and a ResNet-18 from scratch), several seeds each, trained on anonymized images of training
+patients and their originals; the strongest run is reported. An AUC far below 0.5 links as well as one far above
+(reverse the ranking), hence the two-sided linkability max(AUC, 1 &minus; AUC). Intervals resample patients.
+The independent attacker, which never saw an anonymized image, and E_id, the network the optimizer pushed on, are
+shown for comparison; neither is the threat.</p>"""
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}
@@ -87,7 +109,10 @@ def _table(d: dict | None) -> str:
 
 def _get(d, path):
     for k in path:
-        d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(k, int):
+            d = d[k] if isinstance(d, list) and len(d) > k else None
+        else:
+            d = d.get(k) if isinstance(d, dict) else None
     return d
 
 
@@ -151,6 +176,7 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, sweep: str
     run = json.loads((anon_dir / "run.json").read_text()) if anon_dir and (anon_dir / "run.json").is_file() else {}
     parts = {
         "Summary": _summary(m) + _table(m.get("inputs")),
+        "Threat model": THREAT_MODEL,
         "Privacy": "<p>Independent attacker (never seen by the optimizer), E_id (the optimizer's own view), and the "
                    "adaptive attacker retrained on anonymized training patients. AUC: positive pairs vs. "
                    "different-patient pairs; rank-k: retrieval among originals (without / with the own source).</p>"

@@ -8,7 +8,9 @@ the monotonicity check). Rerunning the same command finishes what a killed sweep
 
 The design requires the curve to be monotone: a lower margin must never make the attacker *more* successful.
 ``monotone`` checks that the attacker's own-source AUC does not rise by more than ``tolerance`` as the margin
-decreases. The adaptive attacker is not part of a sweep (it would need anonymized training patients per margin).
+decreases. Each margin also anonymizes ``train_images`` training-patient images (OUT/m<margin>/anon-train) for the
+adaptive attacker, so the curve shows the privacy against an attacker who knows the method, not only against one
+who never saw an anonymized image (``train_images=0`` or a folder without a train split: left out).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .plots import curve_plot
 __all__ = ["sweep", "parse_margins", "curve_row", "CURVE_COLUMNS", "is_monotone"]
 
 CURVE_COLUMNS = ("margin", "released", "withheld", "attacker_auc_own_source", "attacker_auc_other_study",
+                 "adaptive_auc_own_source", "adaptive_auc_other_study",
                  "attacker_rank1", "e_id_auc_own_source", "control_auc_other_study", "utility_macro_auroc",
                  "utility_macro_auroc_originals", "psnr", "ssim", "hidden_rate")
 
@@ -53,6 +56,8 @@ def curve_row(margin: float, m: dict) -> dict:
             "withheld": g("inputs", "manifest", "withheld"),
             "attacker_auc_own_source": g("privacy", "attacker", "auc_own_source"),
             "attacker_auc_other_study": g("privacy", "attacker", "auc_same_patient_other_study"),
+            "adaptive_auc_own_source": g("privacy", "adaptive_attacker", "auc_own_source"),
+            "adaptive_auc_other_study": g("privacy", "adaptive_attacker", "auc_same_patient_other_study"),
             "attacker_rank1": g("privacy", "attacker", "rank1"),
             "e_id_auc_own_source": g("privacy", "e_id", "auc_own_source"),
             "control_auc_other_study": g("control", "attacker", "auc_same_patient_other_study"),
@@ -79,13 +84,17 @@ def is_monotone(rows: list[dict], key: str = "attacker_auc_own_source", toleranc
 def sweep(preset: str, margins: list[float], input_dir: str | Path, out_dir: str | Path, *,
           checkpoints: str | Path = "checkpoints", split: str | None = "test", limit: int | None = None,
           eval_cfg: EvalConfig = EvalConfig(), anonymize_overrides: dict | None = None, tolerance: float = 0.01,
-          device=None, progress: bool = True) -> list[dict]:
+          device=None, progress: bool = True, train_images: int = 400) -> list[dict]:
     """Anonymize ``input_dir`` at each margin, evaluate each run, write the curve; returns its rows."""
     p = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split if data.is_phantom_folder(input_dir) else None
     dataset = data.open(input_dir, split=split, size=p.resolution, channels=p.channels)
+    train_set = None
+    if train_images and split is not None and split != "train":
+        train_set = data.open(input_dir, split="train", size=p.resolution, channels=p.channels)
+        train_set = train_set if len(train_set) else None
     rows = []
     for margin in margins:
         run = out_dir / f"m{margin:+.2f}"
@@ -94,8 +103,11 @@ def sweep(preset: str, margins: list[float], input_dir: str | Path, out_dir: str
         # resume=True: a fresh folder starts, a killed one finishes, a finished one is left as it is
         anonymize_dataset(cfg, dataset, run / "anon", checkpoints=checkpoints, device=device, resume=True,
                           limit=limit, write_linkage=True, progress=progress)
+        if train_set is not None:  # material for the adaptive attacker, anonymized at the same margin
+            anonymize_dataset(cfg, train_set, run / "anon-train", checkpoints=checkpoints, device=device, resume=True,
+                              limit=train_images, write_linkage=True, progress=progress)
         metrics = evaluate(preset, input_dir, run / "anon", run / "eval", checkpoints=checkpoints, cfg=eval_cfg,
-                           device=device)
+                           device=device, anon_train=run / "anon-train" if train_set is not None else None)
         rows.append(curve_row(margin, metrics))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CURVE_COLUMNS), lineterminator="\n")

@@ -86,8 +86,9 @@ def probe_two_fold(feat_anon, feat_src, y, patients, findings, seed: int = 0) ->
 
 def lesion_dice(mask_anon: np.ndarray, mask_src: np.ndarray, target: np.ndarray) -> dict:
     """Dice of predicted lesion maps (N, 1, S, S) on anonymized and source images vs. the source masks."""
-    return {"dice_anonymized": metrics.dice(mask_anon, target, reduction="positive"),
-            "dice_originals": metrics.dice(mask_src, target, reduction="positive"),
+    anon, src = metrics.dice(mask_anon, target, reduction="positive"), metrics.dice(mask_src, target, reduction="positive")
+    return {"dice_anonymized": anon, "dice_originals": src,
+            "ratio": anon / src if src and np.isfinite(src) and np.isfinite(anon) else None,
             "dice_anonymized_global": metrics.dice(mask_anon, target, reduction="global"),
             "images_with_lesion": int((target.reshape(len(target), -1) > 0.5).any(1).sum()),
             "reduction": "mean over images whose source has a lesion"}

@@ -58,6 +58,12 @@ class LatentPrior:
         vals, vecs = torch.linalg.eigh(cov)
         return cls(mu, vecs * vals.clamp(min=0).sqrt(), shape, len(w))
 
+    def whitening(self) -> torch.Tensor:
+        """A⁻¹ (D, D) float64 (pseudo-inverse, cached): z = A⁻¹(w − μ) has unit covariance under the prior."""
+        if getattr(self, "_a_inv", None) is None:
+            self._a_inv = torch.linalg.pinv(self.a)
+        return self._a_inv
+
     def sample_z(self, z: torch.Tensor) -> torch.Tensor:
         """Codes (N, *shape) float32 for standard-normal draws ``z`` (N, D)."""
         return (self.mu + z.double() @ self.a.T).float().reshape(len(z), *self.shape)

@@ -19,7 +19,7 @@ def test_utility_distance_forms():
     a, b = torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2)
     assert torch.allclose(utility_distance(a, b, "l2"), torch.tensor([5.0]))
     assert torch.allclose(utility_distance(a, b, "mse"), torch.tensor([12.5]))
-    with pytest.raises(InputError, match="'l2' or 'mse'"):
+    with pytest.raises(InputError, match="'l2', 'mse' or 'findings'"):
         utility_distance(a, b, "l1")
     with pytest.raises(InputError, match="shapes differ"):
         utility_distance(a, torch.zeros(1, 3))

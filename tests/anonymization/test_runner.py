@@ -46,7 +46,7 @@ def test_outputs_and_no_identifiers_in_released_files(tmp_path, tiny_checkpoints
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "image,finding_a,finding_b" and len(labels) == 13
     run = json.loads((out / "run.json").read_text())
-    assert set(run["checkpoints"]) == {"aegan", "identity", "utility", "latent_prior"}
+    assert set(run["checkpoints"]) == {"aegan", "identity", "utility", "latent_prior", "latent_split"}
     assert run["summary"]["released"] == 12
     # nothing public names a patient, a study or a source file
     meta = (phantom_dir / "metadata.csv").read_text().splitlines()[1:]
@@ -70,6 +70,15 @@ def test_existing_output_is_never_overwritten(tmp_path, tiny_checkpoints, phanto
         _run(tmp_path, "anon", tiny_checkpoints, phantom_dir, cfg=_cfg(precision="bf16"), resume=True)
     # the batch size does not change what a record becomes: a resume may use another one
     _run(tmp_path, "anon", tiny_checkpoints, phantom_dir, cfg=_cfg(batch_size=1), resume=True, limit=2)
+    # a run made before a setting existed resumes when the setting keeps its old behaviour (its default) ...
+    old, _ = _run(tmp_path, "old", tiny_checkpoints, phantom_dir, cfg=_cfg(redraw=0.0), limit=2)
+    run = json.loads((old / "run.json").read_text())
+    del run["result_config"]["redraw"]
+    (old / "run.json").write_text(json.dumps(run))
+    _run(tmp_path, "old", tiny_checkpoints, phantom_dir, cfg=_cfg(redraw=0.0), resume=True, limit=3)
+    # ... and not when it asks for something the old run did not do
+    with pytest.raises(ConfigError, match="different settings.*redraw"):
+        _run(tmp_path, "old", tiny_checkpoints, phantom_dir, cfg=_cfg(redraw=0.5), resume=True)
 
 
 def test_gate_withholds_what_it_cannot_fix(tmp_path, tiny_checkpoints, phantom_dir, monkeypatch):

@@ -86,7 +86,7 @@ def test_surrogate_without_prior_fails_before_any_work(tiny_checkpoints, tmp_pat
     (tmp_path / "phantom-cxr64" / "latent-prior.safetensors").unlink()
     with pytest.raises(CheckpointError, match="latent prior.*gmia fit-prior"):
         load_engine(anonymize_config("phantom-cxr64", lambda_surrogate=1.0), tmp_path)
-    load_engine(anonymize_config("phantom-cxr64", lambda_surrogate=0.0), tmp_path)  # not needed when off
+    load_engine(anonymize_config("phantom-cxr64", lambda_surrogate=0.0, redraw=0.0), tmp_path)  # not needed when off
 
 
 def test_fit_prior_command_writes_a_loadable_prior(tmp_path, tiny_checkpoints, phantom_dir):

@@ -92,6 +92,6 @@ def identity_eval(tmp_path_factory, eval_data, anon_identity, anon_train, eval_c
     from gmia.evaluation import AdaptiveConfig, EvalConfig, evaluate
 
     out = tmp_path_factory.mktemp("eval") / "identity"
-    cfg = EvalConfig(bootstrap=20, adaptive=AdaptiveConfig(epochs=1, batch_size=16))
+    cfg = EvalConfig(bootstrap=20, adaptive=AdaptiveConfig(epochs=1, batch_size=16, seeds=1, resnet_epochs=1))
     return out, evaluate("phantom-cxr64", eval_data, anon_identity, out, checkpoints=eval_checkpoints,
                          anon_train=anon_train, cfg=cfg, device="cpu")

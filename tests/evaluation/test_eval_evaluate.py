@@ -44,6 +44,12 @@ def test_metrics_json_sections_and_keys(identity_metrics):
     assert "optimizer's own" in on_disk["privacy"]["e_id"]["view"]
     adaptive = on_disk["privacy"]["adaptive_attacker"]
     assert "auc_own_source" in adaptive and adaptive["training"]["patients"] == 4
+    # two families, and the reported run is the strongest of them (two-sided own-source linkability)
+    assert {r["architecture"] for r in adaptive["runs"]} == {"attacker", "resnet"}
+    assert adaptive["auc_own_source_linkability"] == max(r["auc_own_source_linkability"] for r in adaptive["runs"])
+    assert adaptive["strongest"]["architecture"] in ("attacker", "resnet")
+    floor = on_disk["privacy"]["floor"]   # labels and masks only: an attack no useful release can avoid
+    assert 0.0 <= floor["auc_own_source"] <= 1.0 and "lesion masks" in floor["view"]
     assert "auc_own_source" in on_disk["control"]["attacker"]                       # reconstructions
     u = on_disk["utility"]
     assert set(u["per_finding"]) == {"finding_a", "finding_b"}
@@ -106,3 +112,17 @@ def test_anti_similar_images_are_reported_as_linkable():
     ids = np.arange(n)
     out = reid_metrics(-gallery, ids, ids, gallery, ids, ids)
     assert out["auc_own_source"] < 0.05 and out["auc_own_source_linkability"] > 0.95
+
+
+def test_release_membership_scores_patients_in_the_release_above_outsiders():
+    from types import SimpleNamespace
+
+    from gmia.evaluation.evaluate import release_membership
+
+    rng = np.random.default_rng(0)
+    released = rng.standard_normal((10, 8))
+    members = released + 0.1 * rng.standard_normal((10, 8))        # originals of the released patients
+    outsiders = rng.standard_normal((10, 8))
+    m = release_membership(released, SimpleNamespace(), members, {}, outsiders)
+    assert m["auc"] > 0.9 and m["members"] == 10 and m["outsiders"] == 10
+    assert release_membership(released, None, members, {}, np.zeros((0, 8)))["skipped"]
