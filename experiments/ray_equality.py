@@ -1,6 +1,6 @@
 """Does a Ray run release what one process releases? 200 phantom images, shipped weights, 2 actors.
 
-    python experiments/ray_equality.py --images 200 --speed fast --out outputs/ray-equality
+    python experiments/ray_equality.py --images 200 --speed fast --precision fp32 --out outputs/ray-equality-fp32
 
 Anonymizes the first ``--images`` test images twice into two folders that share one key (so the pseudonyms
 match): once in this process, once through ``gmia anonymize --ray --ray-actors 2`` (a local Ray instance). Prints
@@ -32,12 +32,13 @@ def main() -> None:
     ap.add_argument("--data", default="data/phantom-cxr64")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--speed", default="fast", help="Speed profile of both runs (quality: the preset as is).")
+    ap.add_argument("--precision", default="fp32", help="Both runs (bf16 rounds differently in other batches).")
     ap.add_argument("--out", default="outputs/ray-equality")
     args = ap.parse_args()
     set_threads(1)
     out = Path(args.out)
     one, ray = out / "one", out / "ray"
-    cfg = anonymize_config(args.preset, speed=args.speed)
+    cfg = anonymize_config(args.preset, speed=args.speed, precision=args.precision)
     t0 = time.time()
     anonymize_dataset(cfg, PhantomFolder(args.data, split="test"), one, limit=args.images, progress=False,
                       resume=one.exists())
@@ -47,7 +48,7 @@ def main() -> None:
         (ray / "private").chmod(0o700)
         (ray / "private" / "resume.key").write_text((one / "private" / "resume.key").read_text())
     cmd = [sys.executable, "-m", "gmia", "anonymize", "--preset", args.preset, "--input", args.data, "--split", "test",
-           "--limit", str(args.images), "--speed", args.speed, "--out", str(ray), "--ray", "--ray-actors", "2",
+           "--limit", str(args.images), "--speed", args.speed, "--precision", args.precision, "--out", str(ray), "--ray", "--ray-actors", "2",
            "--threads", "1", "--quiet", "--resume"]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -58,7 +59,7 @@ def main() -> None:
     same_names = [p.name for p in a] == [p.name for p in b]
     diffs = [int(np.abs(np.asarray(Image.open(x), dtype=int) - np.asarray(Image.open(y), dtype=int)).max())
              for x, y in zip(a, b)] if same_names else []
-    result = {"images": args.images, "speed": args.speed, "released_one_process": len(a), "released_ray": len(b),
+    result = {"images": args.images, "speed": args.speed, "precision": args.precision, "released_one_process": len(a), "released_ray": len(b),
               "same_names": same_names, "max_grey_level_difference": max(diffs) if diffs else None,
               "images_differing": int(sum(d > 0 for d in diffs)),
               "labels_equal": (one / "labels.csv").read_text() == (ray / "labels.csv").read_text(),
