@@ -119,6 +119,7 @@ def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, d
         patients = np.concatenate([patients, patients])
     folder = _folder(preset, Path(checkpoints), "attacker")
     kwargs, state = read_card(folder, "attacker")["kwargs"], nets["attacker"].state_dict()
+    x_out = load_real(real, outsiders(cohort, len(cohort.gallery), cfg.seed))  # threat 3's negatives
     runs = []
     for architecture in cfg.adaptive.architectures:
         for run in range(cfg.adaptive.seeds):
@@ -128,9 +129,8 @@ def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, d
             e_gal = _embed(net, gallery_args["x_gallery"], cfg, device)
             m = reid_metrics(e_anon, cohort.anon_patient, cohort.anon_source, e_gal, gallery_args["patients"],
                              cohort.gallery, cfg.bootstrap, max_negatives=cfg.max_negatives, seed=cfg.seed)
-            m["membership"] = release_membership(e_anon, cohort, e_gal, gallery_args, _embed(
-                net, gallery_args["x_outsiders"], cfg, device)) if gallery_args.get("x_outsiders") is not None \
-                else {"skipped": "no patients outside the release to compare with"}
+            m["membership"] = release_membership(e_anon, e_gal, _embed(net, x_out, cfg, device) if len(x_out)
+                                                 else np.zeros((0, 1)))
             runs.append((m, info))
     # The strongest run speaks for the attacker: the one that links own sources best (two-sided), a worst case
     # for the data holder. Every run's headline numbers stay in "runs".
@@ -180,7 +180,7 @@ def outsiders(cohort, limit: int, seed: int) -> np.ndarray:
     return pool
 
 
-def release_membership(e_anon, cohort, e_gal, gallery_args, e_out) -> dict:
+def release_membership(e_anon, e_gal, e_out) -> dict:
     """Threat 3: is this patient in the release at all? The attacker holds one original of a patient and scores
     the best match among the released images (max cosine). Positives: originals of evaluated patients; negatives:
     originals of patients outside the release. AUC with a patient-cluster bootstrap is left to the pairs above;
@@ -361,10 +361,8 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
     # the lesion's place is part of what utility keeps only where E_ut segments it (the face presets)
     segments = getattr(nets.get("utility"), "has_segmentation", False)
     privacy["floor"] = utility_floor(real, cohort, masks if segments else None, gal_masks if segments else None, args)
-    x_out = load_real(real, outsiders(cohort, len(cohort.gallery), cfg.seed))
     privacy["adaptive_attacker"] = _adaptive(nets, preset, checkpoints, real, anon_train, cohort, x_anon, cfg,
-                                             device, {"x_gallery": x_gal, "patients": gal_patient,
-                                                      "x_outsiders": x_out if len(x_out) else None})
+                                             device, {"x_gallery": x_gal, "patients": gal_patient})
     control = {"attacker_on_originals": reid_metrics(e_src, cohort.anon_patient, cohort.anon_source, e_gal,
                                                      gal_patient, cohort.gallery, own_source=False, **args)}
     e_rec = _embed(atk, x_rec, cfg, device) if x_rec is not None else None

@@ -115,14 +115,12 @@ def test_anti_similar_images_are_reported_as_linkable():
 
 
 def test_release_membership_scores_patients_in_the_release_above_outsiders():
-    from types import SimpleNamespace
-
     from gmia.evaluation.evaluate import release_membership
 
     rng = np.random.default_rng(0)
     released = rng.standard_normal((10, 8))
     members = released + 0.1 * rng.standard_normal((10, 8))        # originals of the released patients
     outsiders = rng.standard_normal((10, 8))
-    m = release_membership(released, SimpleNamespace(), members, {}, outsiders)
+    m = release_membership(released, members, outsiders)
     assert m["auc"] > 0.9 and m["members"] == 10 and m["outsiders"] == 10
-    assert release_membership(released, None, members, {}, np.zeros((0, 8)))["skipped"]
+    assert release_membership(released, members, np.zeros((0, 8)))["skipped"]
