@@ -73,8 +73,9 @@ def get_preset(name: str) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
 
 
-DEFAULT_PRIVACY = "high"  # measured on phantom-cxr64 (docs/defaults.md): the first level whose anonymized images the
-#                           independent attacker cannot link to their source (own-source AUC <= 0.65)
+DEFAULT_PRIVACY = "high"  # for a start at the source's own code (docs/defaults.md): the first level whose anonymized
+#                           images the independent attacker cannot link to their source (own-source AUC <= 0.65).
+#                           The phantom presets start from a re-drawn code and default to `medium` (their PRESETS).
 
 
 def margin_for(privacy: str | None = None, margin: float | None = None) -> float:

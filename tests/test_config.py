@@ -32,3 +32,18 @@ def test_override_ignores_unset_flags_and_rejects_unknown_fields():
     assert override(spec, patients=7, seed=None) == PhantomSpec(domain="cxr", patients=7)
     with pytest.raises(ConfigError, match="no field"):
         override(spec, colour="red")
+
+
+def test_the_default_level_follows_the_start():
+    from gmia.anonymization import anonymize_config
+    from gmia.config import DEFAULT_PRIVACY
+
+    # a re-drawn start is already another person: its level is medium; from E(x) the hinge must do the work
+    assert anonymize_config("phantom-face64").margin == PRIVACY_LEVELS["medium"]
+    for start in (dict(redraw=0.0), dict(speed="fast"), dict(engine="amortized")):
+        cfg = anonymize_config("phantom-cxr64", **start)
+        assert (cfg.redraw, cfg.margin, cfg.privacy) == (0.0, PRIVACY_LEVELS[DEFAULT_PRIVACY], DEFAULT_PRIVACY)
+    # a level or margin the user asks for is kept, whatever the start
+    assert anonymize_config("phantom-cxr64", privacy="low", redraw=0.0).margin == PRIVACY_LEVELS["low"]
+    assert anonymize_config("phantom-cxr64", margin=0.1, speed="fast").margin == 0.1
+    assert anonymize_config("gmia-cxr256").privacy == "max"

@@ -39,7 +39,8 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @click.option("--split", default=None, help="Split to anonymize (phantom folders: train/val/test; default all).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder (never overwritten).")
 @click.option("--privacy", type=click.Choice(list(PRIVACY_LEVELS)), default=None,
-              help="Named privacy level: " + ", ".join(f"{k} (m={v:g})" for k, v in PRIVACY_LEVELS.items()) + ".")
+              help="Named privacy level: " + ", ".join(f"{k} (m={v:g})" for k, v in PRIVACY_LEVELS.items()) +
+                   ". Default: the preset's (phantoms: medium with their re-drawn start, high from E(x)).")
 @click.option("--margin", type=float, default=None, help="Identity margin m in [-1, 1] (lower = more private).")
 @click.option("--checkpoints", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
               help="Folder holding <preset>/{aegan,identity,utility}.*")
@@ -118,7 +119,7 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
     calibration = None
     if target_auc is not None:
         calibration = _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw)
-        redraw = calibration["redraw"]
+        redraw, margin = calibration["redraw"], calibration.get("margin")  # the setting the table measured
     cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, patience=patience, refine_steps=refine_steps,
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
@@ -159,7 +160,8 @@ def _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw) -> dic
                           "--margin and --redraw")
     folder = checkpoint_dir(preset, checkpoints)
     setting = pick_setting(load_calibration(folder), target_auc)
-    click.echo(f"--target-auc {target_auc:g}: redraw {setting['redraw']:g}, expected adaptive own-source AUC "
+    at = f", margin {setting['margin']:g}" if setting.get("margin") is not None else ""
+    click.echo(f"--target-auc {target_auc:g}: redraw {setting['redraw']:g}{at}, expected adaptive own-source AUC "
                f"{setting['expected_auc']:.3f} ({folder / 'calibration.json'})", err=True)
     return setting
 

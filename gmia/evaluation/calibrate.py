@@ -42,6 +42,8 @@ class CalibrationConfig:
     train_images: int = 400                # anonymized training-patient images the adaptive attackers learn from
     test_images: int = 200                 # held-out images attacked
     test_split: str = "val"                # held-out patients (phantom split); never the test split
+    privacy: str | None = None             # the privacy level the table is measured at (None: the preset's own);
+    #                                        --target-auc runs at the table's margin, whatever the default is then
     # A curve, not the acceptance run: both attacker families with one seed each, and utility as E_ut sees it (the
     # independent classifier, minutes per setting on a CPU, is `gmia evaluate`'s)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(
@@ -96,7 +98,7 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
               cfg: CalibrationConfig = CalibrationConfig(), work: str | Path | None = None, device=None,
               progress: bool = False) -> dict:
     """Measure the grid (module doc) and write the table to ``out_file``; returns it. ``work`` holds the runs
-    (default: outputs/calibration/<preset>); rerunning resumes them."""
+    (default: outputs/calibration/<preset>, one folder per margin); rerunning resumes them."""
     from .. import data
     from ..anonymization import anonymize_config, anonymize_dataset
     from ..config import get_preset
@@ -108,10 +110,12 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
     if not data.is_phantom_folder(data_dir):
         raise ConfigError(f"{data_dir}: calibration needs a folder with patient splits (a phantom folder or your own "
                           "data written as one): training patients for the attacker, held-out ones to attack")
+    margin = anonymize_config(preset, privacy=cfg.privacy).margin
+    work = work / f"m{margin:g}"  # one table per margin: the runs of another margin are other images
     rows = []
     for s in cfg.strengths:
         runs = {}
-        anon_cfg = anonymize_config(preset, redraw=float(s))
+        anon_cfg = anonymize_config(preset, privacy=cfg.privacy, redraw=float(s))
         for split, n in (("train", cfg.train_images), (cfg.test_split, cfg.test_images)):
             runs[split] = work / f"redraw{s:.2f}" / split
             ds = data.open(data_dir, split=split, size=p.resolution, channels=p.channels)
@@ -123,7 +127,7 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
                          checkpoints=checkpoints, anon_train=runs["train"], cfg=cfg.eval, device=device)
         rows.append(_row(float(s), m))
         log(None, f"calibrate: redraw {s:.2f}: adaptive own-source AUC {rows[-1]['adaptive_auc_own_source']:.3f}")
-    table = {"preset": preset, "margin": anonymize_config(preset).margin,
+    table = {"preset": preset, "margin": margin,
              "weights": weights_of(checkpoint_dir(preset, checkpoints)),
              "protocol": {"data": str(data_dir), **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "eval"},
                           "eval": dataclasses.asdict(cfg.eval)},
@@ -154,7 +158,7 @@ def load_calibration(folder: str | Path) -> dict:
 def pick_setting(table: dict, target_auc: float) -> dict:
     """The smallest re-draw strength whose expected adaptive own-source AUC is at most ``target_auc``, by linear
     interpolation between measured strengths (the curve is made non-increasing first: a stronger re-draw is
-    never credited with less privacy than a weaker one)."""
+    never credited with less privacy than a weaker one), at the margin the table was measured with."""
     rows = sorted((r for r in table["rows"] if r.get("adaptive_auc_own_source") is not None),
                   key=lambda r: r["redraw"])
     if not rows:
@@ -172,5 +176,5 @@ def pick_setting(table: dict, target_auc: float) -> dict:
         s0, s1, a0, a1 = s[k - 1], s[k], auc[k - 1], auc[k]
         t = (a0 - target_auc) / (a0 - a1) if a0 > a1 else 1.0
         strength, expected = float(s0 + t * (s1 - s0)), float(target_auc)
-    return {"redraw": round(strength, 4), "target_auc": float(target_auc), "expected_auc": expected,
+    return {"redraw": round(strength, 4), "margin": table.get("margin"), "target_auc": float(target_auc), "expected_auc": expected,
             "measured": [{"redraw": float(a), "adaptive_auc_own_source": float(b)} for a, b in zip(s, auc)]}

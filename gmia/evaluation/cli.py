@@ -11,7 +11,7 @@ import dataclasses
 import click
 
 from ..cli_options import labels_columns, labels_options, machine_options
-from ..config import PRESETS
+from ..config import PRESETS, PRIVACY_LEVELS
 
 __all__ = ["evaluate_cmd", "mia_cmd", "sweep_cmd", "calibrate_cmd", "report_cmd", "COMMANDS"]
 
@@ -130,11 +130,13 @@ def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_si
 @click.option("--train-images", type=int, default=None, help="Anonymized training images (default 400).")
 @click.option("--test-images", type=int, default=None, help="Held-out images attacked (default 200).")
 @click.option("--test-split", default=None, help="Split of the held-out patients (default val).")
-@click.option("--adaptive-seeds", type=int, default=None, help="Seeds per attacker family (default 3).")
+@click.option("--adaptive-seeds", type=int, default=None, help="Seeds per attacker family (default 1).")
+@click.option("--privacy", type=click.Choice(list(PRIVACY_LEVELS)), default=None,
+              help="Privacy level to measure at (default: the preset's); --target-auc then runs at its margin.")
 @_ckpt
 @_boot
 @machine_options
-def calibrate_cmd(preset, data_dir, out, strengths, train_images, test_images, test_split, adaptive_seeds,
+def calibrate_cmd(preset, data_dir, out, strengths, train_images, test_images, test_split, adaptive_seeds, privacy,
                   checkpoints, bootstrap, device, threads):
     """Measure the adaptive attacker's AUC and utility at several re-draw strengths (for --target-auc)."""
     from pathlib import Path
@@ -152,11 +154,11 @@ def calibrate_cmd(preset, data_dir, out, strengths, train_images, test_images, t
     ev = dataclasses.replace(override(base.eval, bootstrap=bootstrap),
                              adaptive=override(base.eval.adaptive, seeds=adaptive_seeds))
     cfg = dataclasses.replace(override(base, train_images=train_images, test_images=test_images,
-                                       test_split=test_split), strengths=grid, eval=ev)
+                                       test_split=test_split, privacy=privacy), strengths=grid, eval=ev)
     out = Path(out) if out else checkpoint_dir(preset, checkpoints) / CALIBRATION_FILE
     table = calibrate(preset, data_dir, out, checkpoints=checkpoints, cfg=cfg, device=device)
     for row in table["rows"]:
-        click.echo(f"redraw {row['redraw']:.2f}: adaptive own-source AUC {row['adaptive_auc_own_source']:.3f} "
+        click.echo(f"margin {table['margin']:g}, redraw {row['redraw']:.2f}: adaptive own-source AUC {row['adaptive_auc_own_source']:.3f} "
                    f"{row['adaptive_auc_own_source_ci95']}, same patient {row['adaptive_auc_same_patient']:.3f}, "
                    f"independent classifier ratio {row['independent_classifier_ratio']}")
 

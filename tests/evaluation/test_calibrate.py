@@ -68,6 +68,11 @@ def test_target_auc_sets_the_redraw_and_refuses_the_unreachable(eval_checkpoints
         assert far.exit_code != 0 and "out of reach" in far.output
         both = CliRunner().invoke(main, args + ["--target-auc", "0.6", "--privacy", "max"])
         assert both.exit_code != 0 and "leave out --privacy" in both.output
+        # the table's margin is part of the setting: a table measured at another level than the default runs there
+        (folder / CALIBRATION_FILE).write_text(json.dumps({**TABLE, "margin": -0.5, "weights": weights_of(folder)}))
+        at = CliRunner().invoke(main, args + ["--target-auc", "0.63"])
+        plan = json.loads(at.stdout[at.stdout.index("{"):])
+        assert plan["config"]["margin"] == -0.5 and plan["calibration"]["margin"] == -0.5, at.output
     finally:
         (folder / CALIBRATION_FILE).unlink()
 
@@ -85,9 +90,10 @@ def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(
     assert [r["redraw"] for r in table["rows"]] == [0.0, 1.0]
     assert all(0 <= r["adaptive_auc_own_source"] <= 1 and r["released"] == 9 for r in table["rows"])
     assert json.loads(out.read_text())["weights"] == weights_of(eval_checkpoints / "phantom-cxr64")
-    assert (tmp_path / "runs" / "redraw1.00" / "train" / "manifest.jsonl").is_file()
+    runs = tmp_path / "runs" / f"m{table['margin']:g}"   # one folder per margin: its runs are other images
+    assert (runs / "redraw1.00" / "train" / "manifest.jsonl").is_file()
     # a rerun finishes a killed calibration: what was measured is read back, not measured again
-    measured = tmp_path / "runs" / "redraw0.00" / "eval" / "metrics.json"
+    measured = runs / "redraw0.00" / "eval" / "metrics.json"
     stamp = measured.stat().st_mtime_ns
     again = calibrate("phantom-cxr64", eval_data, out, checkpoints=eval_checkpoints, cfg=cfg, work=tmp_path / "runs")
     assert measured.stat().st_mtime_ns == stamp and again["rows"] == table["rows"]

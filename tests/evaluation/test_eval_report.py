@@ -100,3 +100,21 @@ def test_cli_evaluate_runs(tmp_path, eval_data, anon_identity, eval_checkpoints,
     assert result.exit_code == 0, result.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["inputs"]["evaluated_images"] == 12 and m["config"]["bootstrap"] == 0
+
+
+def test_a_privacy_bar_yields_to_the_floor_only_where_the_floor_is_above_it():
+    from gmia.evaluation.report import _summary
+
+    def verdict(html_text, label):
+        row = html_text[html_text.index(label):]
+        return row[:row.index("</tr>")]
+
+    m = {"privacy": {"adaptive_attacker": {"auc_own_source": 0.80, "auc_same_patient_other_study": 0.62},
+                     "floor": {"auc_own_source": 0.98, "auc_same_patient_other_study": 0.50}}}
+    out = _summary(m)
+    own = verdict(out, "adaptive attacker, own source</td>")
+    assert "pass" in own and "floor 0.980 + 0.05" in own   # 0.80 <= 1.03: the kept findings alone link at 0.98
+    same = verdict(out, "adaptive attacker, same patient other study")
+    assert "FAIL" in same and "floor" not in same          # floor 0.50 + 0.05 is below 0.60: the bar stays
+    m["privacy"]["floor"]["auc_own_source"] = 0.55
+    assert "FAIL" in verdict(_summary(m), "adaptive attacker, own source</td>")
