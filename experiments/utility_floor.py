@@ -1,6 +1,6 @@
 """The linkage that utility costs, alone: ``gmia evaluate``'s ``privacy.floor`` for an anonymization run.
 
-    python experiments/utility_floor.py --preset phantom-cxr64 --real data/phantom-cxr64 --anon outputs/eval/phantom-cxr64/anon-test-high
+    python experiments/utility_floor.py --preset phantom-cxr64 --real data/phantom-cxr64 --anon outputs/eval/phantom-cxr64/anon-test-medium
 
 An attacker who sees only what a useful release must keep of each image (its finding labels and, where E_ut
 segments lesions, the lesion's place) and compares it with each original's: own-source and same-patient AUC
