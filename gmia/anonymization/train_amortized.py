@@ -132,7 +132,8 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
 
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
-    preset_cfg = anonymize_config(preset)  # the objective the per-image optimizer uses, surrogate pull always on
+    # the objective the per-image optimizer uses from the network's start, E(x) (its level too), surrogate pull on
+    preset_cfg = anonymize_config(preset, redraw=0.0)
     stage2 = override(preset_cfg, lambda_surrogate=preset_cfg.lambda_surrogate or 1.0)
     engine = load_engine(stage2, checkpoints, device)
     folder = networks.checkpoint_dir(preset, checkpoints)

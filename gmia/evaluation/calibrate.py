@@ -110,12 +110,14 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
     if not data.is_phantom_folder(data_dir):
         raise ConfigError(f"{data_dir}: calibration needs a folder with patient splits (a phantom folder or your own "
                           "data written as one): training patients for the attacker, held-out ones to attack")
-    margin = anonymize_config(preset, privacy=cfg.privacy).margin
+    # one level for every row, named: left to the preset, a strength-0 row would take the E(x) start's level
+    level = cfg.privacy or anonymize_config(preset).privacy
+    margin = anonymize_config(preset, privacy=level).margin
     work = work / f"m{margin:g}"  # one table per margin: the runs of another margin are other images
     rows = []
     for s in cfg.strengths:
         runs = {}
-        anon_cfg = anonymize_config(preset, privacy=cfg.privacy, redraw=float(s))
+        anon_cfg = anonymize_config(preset, privacy=level, redraw=float(s))
         for split, n in (("train", cfg.train_images), (cfg.test_split, cfg.test_images)):
             runs[split] = work / f"redraw{s:.2f}" / split
             ds = data.open(data_dir, split=split, size=p.resolution, channels=p.channels)
@@ -176,5 +178,6 @@ def pick_setting(table: dict, target_auc: float) -> dict:
         s0, s1, a0, a1 = s[k - 1], s[k], auc[k - 1], auc[k]
         t = (a0 - target_auc) / (a0 - a1) if a0 > a1 else 1.0
         strength, expected = float(s0 + t * (s1 - s0)), float(target_auc)
-    return {"redraw": round(strength, 4), "margin": table.get("margin"), "target_auc": float(target_auc), "expected_auc": expected,
+    return {"redraw": round(strength, 4), "margin": table.get("margin"), "target_auc": float(target_auc),
+            "expected_auc": expected,
             "measured": [{"redraw": float(a), "adaptive_auc_own_source": float(b)} for a, b in zip(s, auc)]}

@@ -158,7 +158,8 @@ def calibrate_cmd(preset, data_dir, out, strengths, train_images, test_images, t
     out = Path(out) if out else checkpoint_dir(preset, checkpoints) / CALIBRATION_FILE
     table = calibrate(preset, data_dir, out, checkpoints=checkpoints, cfg=cfg, device=device)
     for row in table["rows"]:
-        click.echo(f"margin {table['margin']:g}, redraw {row['redraw']:.2f}: adaptive own-source AUC {row['adaptive_auc_own_source']:.3f} "
+        click.echo(f"margin {table['margin']:g}, redraw {row['redraw']:.2f}: adaptive own-source AUC "
+                   f"{row['adaptive_auc_own_source']:.3f} "
                    f"{row['adaptive_auc_own_source_ci95']}, same patient {row['adaptive_auc_same_patient']:.3f}, "
                    f"independent classifier ratio {row['independent_classifier_ratio']}")
 

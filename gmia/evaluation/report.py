@@ -36,7 +36,6 @@ ACCEPTANCE = (
     ("attacker linkability max(AUC, 1 - AUC), own source", ("privacy", "attacker", "auc_own_source_linkability"),
      "<=", 0.60),
     # the attacker who knows the method (THREAT_MODEL): the strongest of two families x seeds, retrained on anonymized
-    # training patients
     # training patients. Some linkage is the price of utility: where the floor (what the kept findings alone link,
     # privacy.floor) is above a bar, the bar is floor + 0.05 (FLOORED)
     ("adaptive attacker, same patient other study", ("privacy", "adaptive_attacker", "auc_same_patient_other_study"),

@@ -92,6 +92,9 @@ def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(
     assert json.loads(out.read_text())["weights"] == weights_of(eval_checkpoints / "phantom-cxr64")
     runs = tmp_path / "runs" / f"m{table['margin']:g}"   # one folder per margin: its runs are other images
     assert (runs / "redraw1.00" / "train" / "manifest.jsonl").is_file()
+    # every row at the table's margin, the E(x) row included (its own default level would be another)
+    assert {json.loads((runs / f"redraw{s:.2f}" / "test" / "run.json").read_text())["config"]["margin"]
+            for s in (0.0, 1.0)} == {table["margin"]}
     # a rerun finishes a killed calibration: what was measured is read back, not measured again
     measured = runs / "redraw0.00" / "eval" / "metrics.json"
     stamp = measured.stat().st_mtime_ns
