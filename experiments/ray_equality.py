@@ -1,6 +1,6 @@
 """Does a Ray run release what one process releases? 200 phantom images, shipped weights, 2 actors.
 
-    python experiments/ray_equality.py --images 200 --speed fast --precision fp32 --out outputs/ray-equality-fp32
+    python experiments/ray_equality.py --images 200 --speed quality --precision fp32 --out outputs/ray-equality-quality
 
 Anonymizes the first ``--images`` test images twice into two folders that share one key (so the pseudonyms
 match): once in this process, once through ``gmia anonymize --ray --ray-actors 2`` (a local Ray instance). Prints
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--preset", default="phantom-cxr64")
     ap.add_argument("--data", default="data/phantom-cxr64")
     ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--speed", default="fast", help="Speed profile of both runs (quality: the preset as is).")
+    ap.add_argument("--speed", default="quality", help="Speed profile of both runs (quality: the preset as is).")
     ap.add_argument("--precision", default="fp32", help="Both runs (bf16 rounds differently in other batches).")
     ap.add_argument("--out", default="outputs/ray-equality")
     args = ap.parse_args()

@@ -81,6 +81,8 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               help="The privacy asked in attacker terms: the adaptive attacker's expected own-source AUC on held-out "
                    "patients. Sets --redraw from <preset>/calibration.json (gmia calibrate); refuses a target the "
                    "table cannot reach.")
+@click.option("--lambda-ut", type=float, default=None, help="Weight of the utility distance (1: the published "
+              "setting; higher keeps more of the findings, and more of whatever else E_ut sees).")
 @click.option("--utility-form", type=click.Choice(list(UTILITY_FORMS)), default=None,
               help="Utility distance: l2/mse on E_ut's features, or 'findings' (its finding probabilities only).")
 @click.option("--limit", type=int, default=None, help="Only the first N records (of this shard).")
@@ -107,7 +109,7 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, batch_size,
               max_steps,
               lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
-              lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, utility_form, limit, shard, resume, ray_address, ray_actors,
+              lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, lambda_ut, utility_form, limit, shard, resume, ray_address, ray_actors,
               write_linkage, seed, device,
               threads, fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None, patient_column=None,
               findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None, dicom_keep_sex_age=False):
@@ -125,7 +127,7 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
                            mdl_margin=mdl_margin, lambda_lesion=lambda_lesion,
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
-                           redraw=redraw, utility_form=utility_form, seed=seed, engine=engine)
+                           redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form, seed=seed, engine=engine)
     shard_t = parse_shard(shard)
     # opened before --dry-run returns, so that a dry run also checks the input (its index: no image is read)
     data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)

@@ -86,10 +86,12 @@ class AnonymizeConfig:
     # (amortized.py), the per-image optimizer only for files the gate refuses
     engine: str = "optimize"
     # execution
-    batch_size: int = _free(32)      # images optimized together (rows are independent: results do not depend on it)
+    # images optimized together; rows are independent, but batched kernels round a row by its batch-mates, so
+    # the schedule (runner.schedule: blocks of 4 batches) fixes them and the pixels depend on this size
+    batch_size: int = _free(32)
     noise: str = "per-image"         # "per-image": fixed noise seeded from the record key; "const": G's buffers
     precision: str = "auto"          # optimization forward passes: "fp32", "bf16" (autocast), "auto" = bf16 on CUDA,
-    #                                  fp32 on CPU (exact batch independence); "auto-bf16" = bf16 on CUDA and on CPUs
+    #                                  fp32 on CPU; "auto-bf16" = bf16 on CUDA and on CPUs
     #                                  with native bf16 (AMX / avx512_bf16), else fp32. The gate always runs in fp32.
     #                                  bf16 on a CPU with AMX: 20.9 vs 32.2 ms per image-step at batch 32 (measured)
     seed: int = 0                    # mixed into every per-image seed

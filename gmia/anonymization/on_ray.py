@@ -10,9 +10,10 @@ rename). It sends the rows back instead of writing the journal; the driver journ
 
 So the guarantees of a single process hold: a record is done once its journal line is written, which happens
 after its image is in place; a killed actor's batch is retried by Ray; a killed driver is resumed with
-``--resume`` and redoes only the records without a line (same name, same pixels: everything a record needs
-derives from its key). Rows are independent of their batch, so the released images equal a single-process
-run's up to the rounding of batched kernels.
+``--resume`` and redoes only the records without a line (same name: everything a record needs derives from its
+key). A task is one block of the run's schedule (``runner.schedule``), so each record is optimized beside the
+same records as in one process, and the released pixels are the same (same batch size, device kind and threads
+per process).
 
 Ray is an extra: ``pip install 'gmia[ray]'``.
 """
@@ -70,20 +71,21 @@ class RayWorker:
         from .runner import _Run
 
         folder = _ActorFolder(self.root, self.staging)
-        todo = [(int(i), str(k), str(p)) for i, k, p in zip(batch["index"], batch["key"], batch["pseudonym"])]
-        _Run(self.cfg, self.engine, self.dataset, folder, todo, self.device, False, self.dicom,
+        blocks = [[tuple(r) for r in json.loads(text)] for text in batch["records"]]  # one block per task
+        _Run(self.cfg, self.engine, self.dataset, folder, blocks, self.device, False, self.dicom,
              self.allow_out_of_domain).run()
         # rows as JSON text: their fields differ (a released row names its image, an error row its reason)
         return {"row": [json.dumps(r["row"]) for r in folder.rows], "key": [r["key"] for r in folder.rows],
                 "error": [r["error"] or "" for r in folder.rows]}
 
 
-def run_on_ray(cfg, dataset, folder, todo: list[tuple[int, str, str]], *, address: str | None, actors: int,
+def run_on_ray(cfg, dataset, folder, blocks: list[list[tuple[int, str, str]]], *, address: str | None, actors: int,
                checkpoints, device, dicom, threads: int | None, progress: bool,
                allow_out_of_domain: bool = False) -> tuple[dict[str, int], int]:
-    """Anonymize ``todo`` (index, key, pseudonym) on a Ray cluster (``address``; "local" starts one here) with
-    ``actors`` copies of the networks; journal each row in ``folder`` as it comes back. Returns the counts by
-    status and the number of inputs the domain guard flagged."""
+    """Anonymize ``blocks`` of records (index, key, pseudonym; ``runner.schedule``) on a Ray cluster
+    (``address``; "local" starts one here) with ``actors`` copies of the networks, one block per task; journal
+    each row in ``folder`` as it comes back. Returns the counts by status and the number of inputs the domain
+    guard flagged."""
     try:
         import ray
     except ImportError:
@@ -104,16 +106,17 @@ def run_on_ray(cfg, dataset, folder, todo: list[tuple[int, str, str]], *, addres
     counts, out_of_domain = {"released": 0, "withheld": 0, "error": 0}, 0
     try:
         gpus = 1 if (device or "").startswith("cuda") or (device is None and ray.cluster_resources().get("GPU")) else 0
-        items = [{"index": i, "key": k, "pseudonym": p} for i, k, p in todo]
+        # a task is one block of the schedule: each record meets the batch-mates it meets in one process
+        items = [{"records": json.dumps(block)} for block in blocks]
         if not items:
             return counts, out_of_domain
-        results = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // cfg.batch_size))).map_batches(
-            RayWorker, batch_size=cfg.batch_size, concurrency=actors, num_cpus=threads, num_gpus=gpus,
+        results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            RayWorker, batch_size=1, concurrency=actors, num_cpus=threads, num_gpus=gpus,
             fn_constructor_kwargs=dict(cfg=cfg, dataset=dataset, out=str(folder.root), checkpoints=str(checkpoints),
                                        device=device, dicom=dicom, threads=threads,
                                        allow_out_of_domain=allow_out_of_domain),
             max_restarts=-1, max_task_retries=-1)  # a killed actor comes back, its batch reruns
-        bar = tqdm(total=len(items), unit="img", desc="anonymize (ray)", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize (ray)", disable=not progress, dynamic_ncols=True)
         for batch in results.iter_rows():
             row = json.loads(batch["row"])
             if row["pseudonym"] in folder.done:  # a retried batch sends a record again: journal it once

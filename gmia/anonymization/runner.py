@@ -167,22 +167,38 @@ def check_input(x: torch.Tensor, geometry, expected: tuple[int, int, int], path,
                          reason="blank image (a single grey level)")
 
 
-class _Run:
-    """One call of ``anonymize_dataset``: the loop and its bookkeeping."""
+# Records are scheduled in blocks of BLOCK_BATCHES batches. A batch refills only from its block, so a record's
+# batch-mates depend on the record list alone. That matters because the CPU and GPU kernels round a row
+# differently in another batch, and the optimizer's sign-like Adam steps (beta1 = 0) grow those last bits
+# into visibly different images; with the same batch-mates a row's pixels are the same in one process,
+# on any number of Ray actors, and in a resumed run (for a block none of which was done).
+BLOCK_BATCHES = 4
 
-    def __init__(self, cfg, engine, dataset, folder, todo: list[tuple[int, str, str]], device, progress,
+
+def schedule(records: list[tuple[int, str, str]], batch_size: int, done=frozenset()) -> list[list[tuple]]:
+    """``records`` (index, key, pseudonym) of the whole run in blocks of BLOCK_BATCHES x ``batch_size``
+    consecutive records, leaving out the pseudonyms in ``done``; empty blocks are dropped."""
+    size = BLOCK_BATCHES * batch_size
+    blocks = [[r for r in records[b:b + size] if r[2] not in done] for b in range(0, len(records), size)]
+    return [b for b in blocks if b]
+
+
+class _Run:
+    """One call of ``anonymize_dataset`` (or one Ray task): the loop over blocks of records, and its bookkeeping."""
+
+    def __init__(self, cfg, engine, dataset, folder, blocks: list[list[tuple[int, str, str]]], device, progress,
                  dicom: DicomRelease | None = None, allow_out_of_domain: bool = False):
         self.cfg, self.engine, self.dataset, self.folder = cfg, engine, dataset, folder
         self.allow_out_of_domain = allow_out_of_domain
         self.out_of_domain = 0  # inputs the guard flagged (withheld, or released anyway when allowed)
         self.dicom = dicom  # None: PNG output
-        self.todo, self.device = todo, device
+        self.blocks, self.device = blocks, device
         # the amortized engine's optimizer only takes the files its network could not make private: "a few
         # steps", stopping at the hinge (patience 0; from the network's code: 8 steps median on phantom-cxr64)
         self.opt = LatentOptimizer(engine.model, engine.objective,
                                    cfg if engine.anonymizer is None else dataclasses.replace(cfg, patience=0))
         self.counts = {"released": 0, "withheld": 0, "error": 0}
-        self.bar = tqdm(total=len(todo), unit="img", desc="anonymize", disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize", disable=not progress, dynamic_ncols=True)
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
 
     # ---- input ---------------------------------------------------------------------------------------------
@@ -349,17 +365,18 @@ class _Run:
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
-        source = iter(self.todo)  # (index, key, pseudonym) of the records still to do
         steps = 0
-        while True:
-            self._fill(source)
-            if self.opt.active == 0:
-                break
-            result = self.opt.step()
-            steps += 1
-            finished = self.opt.pop_done(result.done)
-            if finished:
-                self._finish(finished)
+        for block in self.blocks:
+            source = iter(block)  # (index, key, pseudonym) of the block's records still to do
+            while True:
+                self._fill(source)
+                if self.opt.active == 0:
+                    break
+                result = self.opt.step()
+                steps += 1
+                finished = self.opt.pop_done(result.done)
+                if finished:
+                    self._finish(finished)
         self.bar.close()
         self.batch_steps = steps
 
@@ -438,18 +455,18 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
         if inside:
             log(None, f"skipped {len(inside)} input file(s) inside the output folder {folder.root} (a run never reads "
                       "its own outputs)")
-        todo = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n) if j not in inside][:limit]
-        todo = [t for t in todo if t[2] not in folder.done]
+        records = [(j, keys[j], folder.pseudonym(keys[j])) for j in range(i, len(dataset), n) if j not in inside]
+        blocks = schedule(records[:limit], cfg.batch_size, folder.done)
         t0 = time.time()
         if ray_address is None:
-            run = _Run(cfg, engine, dataset, folder, todo, device, progress, release_dicom, allow_out_of_domain)
+            run = _Run(cfg, engine, dataset, folder, blocks, device, progress, release_dicom, allow_out_of_domain)
             run.run()
             counts, extra, out_of_domain = run.counts, {"batch_steps": run.batch_steps}, run.out_of_domain
         else:
             from .on_ray import run_on_ray
 
             counts, out_of_domain = run_on_ray(
-                cfg, dataset, folder, todo, address=ray_address, actors=ray_actors, checkpoints=checkpoints,
+                cfg, dataset, folder, blocks, address=ray_address, actors=ray_actors, checkpoints=checkpoints,
                 device=None if device.type == "cpu" else str(device), dicom=release_dicom,
                 threads=ray_threads, progress=progress,
                 allow_out_of_domain=allow_out_of_domain)
@@ -474,6 +491,6 @@ def anonymize_dataset(cfg: AnonymizeConfig, dataset: ImageDataset, out: str | Pa
         log(None, f"{out_of_domain} input(s) are out of the model's domain (reason out_of_domain in manifest.jsonl)"
                   + ("; RELEASED anyway (--allow-out-of-domain)" if allow_out_of_domain else ": withheld"))
     if counts["error"]:  # which files: only in the private error log (their names are not public)
-        log(None, f"{run.counts['error']} input(s) could not be read; which files and why: "
+        log(None, f"{counts['error']} input(s) could not be read; which files and why: "
                   f"{folder.private / 'errors.jsonl'}")
     return summary

@@ -11,7 +11,9 @@ from PIL import Image
 
 from gmia.anonymization import anonymize_config, anonymize_dataset
 from gmia.anonymization import runner as runner_module
+from gmia.anonymization.optimizer import LatentOptimizer
 from gmia.anonymization.outputs import RunFolder
+from gmia.anonymization.runner import schedule
 from gmia.cli import cli
 from gmia.data.datasets import PhantomFolder
 from gmia.errors import ConfigError
@@ -162,6 +164,38 @@ def test_outputs_do_not_depend_on_batch_size_or_shard(tmp_path, tiny_checkpoints
     assert a.keys() == b.keys() == c.keys() and len(a) == 12
     assert max(np.abs(a[k] - b[k]).max() for k in a) <= 1 and max(np.abs(a[k] - c[k]).max() for k in a) <= 1
     assert max(np.abs(a[k] - a[j]).max() for k, j in zip(sorted(a), sorted(a)[1:])) > 1  # images differ
+
+
+def test_schedule_cuts_the_whole_run_into_blocks_of_four_batches():
+    records = [(i, f"k{i}", f"p{i}") for i in range(19)]
+    blocks = schedule(records, batch_size=2)
+    assert [len(b) for b in blocks] == [8, 8, 3] and sum(blocks, []) == records
+    # a resumed run keeps the blocks of the whole list: only its done records drop out, never a boundary moves
+    resumed = schedule(records, batch_size=2, done={"p0", "p9", "p16", "p17", "p18"})
+    assert resumed == [records[1:8], records[8:9] + records[10:16]]
+
+
+def test_a_batch_only_ever_holds_records_of_one_block(tmp_path, tiny_checkpoints, phantom_dir, monkeypatch):
+    """Each record's batch-mates come from its block: what makes one process and a Ray run release the same
+    pixels, whatever kernels round a row by its batch-mates."""
+    batches, step, add = [], LatentOptimizer.step, LatentOptimizer._add
+
+    def spy_step(self):
+        batches.append({it.key for it in self.items})
+        return step(self)
+
+    def uneven_add(self, items, *args, **kw):  # rows end after 1 to 3 steps: the batch refills mid-run
+        add(self, items, *args, **kw)
+        self._rows["budget"][-len(items):] = torch.tensor([1.0 + len(it.key) % 3 + it.seed % 2 for it in items])
+
+    monkeypatch.setattr(LatentOptimizer, "step", spy_step)
+    monkeypatch.setattr(LatentOptimizer, "_add", uneven_add)
+    _run(tmp_path, "blocks", tiny_checkpoints, phantom_dir, cfg=_cfg(batch_size=2))
+    keys = PhantomFolder(phantom_dir).keys()
+    blocks = [set(keys[:8]), set(keys[8:])]  # 12 records, blocks of 4 x 2
+    assert len({frozenset(b) for b in batches}) > 6  # rows did end apart (else nothing is tested)
+    assert all(any(b <= block for block in blocks) for b in batches)
+    assert set().union(*batches) == set(keys)  # every record was optimized
 
 
 def test_cli_dry_run_resolves_the_privacy_level_and_checks_the_input(phantom_dir, tmp_path):
