@@ -126,7 +126,8 @@ mia: data/$(EVAL_PRESET)/phantom.json
 # so rerunning finishes or does nothing. About a day per preset on a 2-core CPU (stage 1 at ~37 s/kimg on one
 # core); DEVICE=cuda trains on a GPU (the legs the cards record ran at 1.0-1.6 s/kimg on an H100); THREADS=1 is
 # fastest on a shared CPU. Run folders and caches go to FIT_ROOT/<preset>/ (the chest pool: 64 000 images); the
-# weights and cards are then copied into checkpoints/<preset>/.
+# weights and cards are then copied into checkpoints/<preset>/, and the latent split (`--redraw`) and the domain
+# guard are fitted to them (both refuse to load beside weights they were not fitted to).
 THREADS  ?= 2
 DEVICE   ?=
 FIT_ROOT ?= runs/fit
@@ -138,6 +139,7 @@ train-phantom: phantom-data
 	    cp $(FIT_ROOT)/$$p/$$n.safetensors $(FIT_ROOT)/$$p/$$n.json checkpoints/$$p/ || exit 1; \
 	  done; \
 	  $(GMIA) fit-split --preset $$p --data data/$$p $(FIT_MACHINE) || exit 1; \
+	  $(GMIA) fit-domain --preset $$p --data data/$$p $(FIT_MACHINE) || exit 1; \
 	done
 
 # ---- your own data ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from third_party.stylegan2_ada.legacy_rebuild import rebuild_network, to_plain
 __all__ = [
     "FORMAT",
     "MAX_PICKLE_BYTES",
+    "check_fitted",
     "import_official_pickle",
     "load_module",
     "read_card",
@@ -192,6 +193,22 @@ def read_card(path_dir: str | Path, name: str) -> dict[str, Any]:
         if not isinstance(card.get(key), kind):
             raise CheckpointError(f"{card_path}: card field {key!r} is missing or not a {kind.__name__}")
     return card
+
+
+def check_fitted(path_dir: str | Path, name: str, card: dict[str, Any], fix: str) -> None:
+    """Refuse an artefact fitted to networks (a domain guard, a latent split) once those networks changed: its
+    card's ``meta.fitted_to`` holds ``<role>_sha256`` of each weight file in ``path_dir`` it was fitted to, and
+    a role whose card there now names another sha256 makes it stale (retraining stage 1 into a folder leaves the
+    old guard beside the new generator, whose scores it was never calibrated on)."""
+    folder = Path(path_dir)
+    stale = []
+    for key, sha in ((card.get("meta") or {}).get("fitted_to") or {}).items():
+        role = key.removesuffix("_sha256").replace("_", "-")
+        if (folder / f"{role}.json").is_file() and read_card(folder, role).get("sha256") != sha:
+            stale.append(role)
+    if stale:
+        raise CheckpointError(f"{folder / name}.json was fitted to other weights ({', '.join(stale)} changed since); "
+                              f"{fix}")
 
 
 def write_card(path_dir: str | Path, name: str, class_name: str, kwargs: dict[str, Any],

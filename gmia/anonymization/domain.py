@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from ..checkpoints import read_card, read_verified, write_card
+from ..checkpoints import check_fitted, read_card, read_verified, write_card
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 
@@ -149,7 +149,7 @@ class DomainGuard:
     def load(cls, folder: str | Path) -> "DomainGuard":
         """The guard in ``folder``, its file checked against the sha256 of its card."""
         folder = Path(folder)
-        fix = f"recalibrate it with `gmia fit-domain --data DIR --checkpoints {folder}`"
+        fix = f"recalibrate it with `gmia fit-domain --preset PRESET --data DIR --checkpoints {folder}`"
         card = read_card(folder, GUARD_NAME)
         if card["class"] != GUARD_CLASS:
             raise CheckpointError(f"{folder / GUARD_NAME}.json: a card of a {card['class']!r}, not of a domain guard")
@@ -159,6 +159,7 @@ class DomainGuard:
             raise CheckpointError(f"{exc}; or {fix}") from None
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{folder / GUARD_NAME}.safetensors: unreadable ({exc}); {fix}") from None
+        check_fitted(folder, GUARD_NAME, card, fix)
         thresholds, scale = card["kwargs"].get("thresholds", {}), card["kwargs"].get("scale", {})
         want = {f"{k}.{part}" for k in _GAUSSIANS for part in ("mean", "precision")}
         ok = set(t) == want and set(thresholds) == set(SCORES) and set(scale) == set(_BASE) and all(

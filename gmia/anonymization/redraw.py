@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from ..checkpoints import read_card, read_verified, write_card
+from ..checkpoints import check_fitted, read_card, read_verified, write_card
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 
@@ -99,7 +99,7 @@ class LatentSplit:
     def load(cls, folder: str | Path) -> "LatentSplit":
         """The split in ``folder``, checked against its card's sha256 and shape."""
         folder = Path(folder)
-        fix = f"fit it with `gmia fit-split --data DIR --checkpoint {folder}`"
+        fix = f"fit it with `gmia fit-split --preset PRESET --data DIR --checkpoints {folder}`"
         if not cls.exists(folder):
             raise CheckpointError(f"no latent split: expected {folder / SPLIT_NAME}.json and .safetensors; {fix}")
         try:
@@ -109,6 +109,7 @@ class LatentSplit:
             t = load_safetensors(read_verified(folder, SPLIT_NAME, card))
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; or {fix}") from None
+        check_fitted(folder, SPLIT_NAME, card, fix)
         keep = t.get("keep")
         dim, rank = card["kwargs"].get("dim"), card["kwargs"].get("rank")
         if keep is None or tuple(keep.shape) != (dim, rank):

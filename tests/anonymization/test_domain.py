@@ -17,6 +17,7 @@ from gmia.anonymization import anonymize_config, anonymize_dataset
 from gmia.anonymization.domain import GUARD_NAME, DomainGuard
 from gmia.data import open as open_data
 from gmia.data import phantoms
+from gmia.checkpoints import FORMAT
 from gmia.errors import CheckpointError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -49,6 +50,11 @@ def _rows(out: Path) -> dict[str, dict]:
     link = dict(line.split(",") for line in (out / "private" / "linkage.csv").read_text().splitlines()[1:])
     by_pseudonym = {json.loads(r)["pseudonym"]: json.loads(r) for r in (out / "manifest.jsonl").read_text().splitlines()}
     return {source: by_pseudonym[p] for source, p in link.items()}
+
+
+def _card(sha: str) -> str:
+    """A weights card naming ``sha`` (what a fitted artefact checks its fitted_to against)."""
+    return json.dumps({"format": FORMAT, "class": "x", "kwargs": {}, "sha256": sha})
 
 
 @pytest.mark.slow
@@ -98,4 +104,19 @@ def test_guard_round_trip_and_a_replaced_file_is_refused(tmp_path):
     assert "reconstruction 0.2000 > 0.1000" in back.describe(scores, 1)
     (tmp_path / f"{GUARD_NAME}.safetensors").write_bytes(b"not the calibrated file")
     with pytest.raises(CheckpointError, match="does not match its card"):
+        DomainGuard.load(tmp_path)
+
+
+def test_a_guard_calibrated_on_other_weights_is_refused(tmp_path):
+    """A new E_ut beside an old guard: its feature Gaussians describe another network, so it is refused."""
+    for role in ("aegan", "utility"):
+        (tmp_path / f"{role}.json").write_text(_card(role[0] * 64))
+    guard = DomainGuard({"features": (torch.zeros(4), torch.eye(4))},
+                        {"reconstruction": 0.1, "features": 1.0, "combined": 2.0},
+                        {"reconstruction": [0.05, 0.02], "features": [0.5, 0.2]},
+                        meta={"fitted_to": {"aegan_sha256": "a" * 64, "utility_sha256": "u" * 64}})
+    guard.save(tmp_path)
+    assert DomainGuard.load(tmp_path).thresholds == guard.thresholds
+    (tmp_path / "utility.json").write_text(_card("v" * 64))
+    with pytest.raises(CheckpointError, match="fitted to other weights .utility changed since.*gmia fit-domain"):
         DomainGuard.load(tmp_path)

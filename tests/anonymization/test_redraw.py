@@ -9,9 +9,15 @@ import torch
 from gmia.anonymization import anonymize_config, anonymize_dataset
 from gmia.anonymization.losses import utility_distance
 from gmia.anonymization.redraw import LatentSplit, finding_basis, fit_split
+from gmia.checkpoints import FORMAT
 from gmia.data.datasets import PhantomFolder
 from gmia.errors import CheckpointError
 from gmia.projection.prior import LatentPrior
+
+
+def _card(sha: str) -> str:
+    """A weights card naming ``sha`` (what a fitted artefact checks its fitted_to against)."""
+    return json.dumps({"format": FORMAT, "class": "x", "kwargs": {}, "sha256": sha})
 
 
 def test_finding_basis_recovers_the_direction_that_carries_a_finding():
@@ -54,6 +60,17 @@ def test_split_checkpoint_round_trip_and_errors(tmp_path):
         LatentSplit.load(tmp_path / "nowhere")
     (tmp_path / "latent-split.safetensors").write_bytes(b"broken")
     with pytest.raises(CheckpointError, match="sha256"):
+        LatentSplit.load(tmp_path)
+
+
+def test_a_split_fitted_to_other_weights_is_refused(tmp_path):
+    """Stage 1 retrained into the folder: the split of the old generator's codes is stale, not silently used."""
+    (tmp_path / "aegan.json").write_text(_card("a" * 64))
+    split = LatentSplit(torch.linalg.qr(torch.randn(8, 3, dtype=torch.float64))[0])
+    split.save(tmp_path, {"fitted_to": {"aegan_sha256": "a" * 64}})
+    assert LatentSplit.load(tmp_path).rank == 3
+    (tmp_path / "aegan.json").write_text(_card("b" * 64))
+    with pytest.raises(CheckpointError, match="fitted to other weights .aegan changed since.*gmia fit-split"):
         LatentSplit.load(tmp_path)
 
 
