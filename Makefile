@@ -109,8 +109,8 @@ evaluate: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(KNOB) --anon-train $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --out $(EVAL_OUT)/metrics-$(KNOB) $(ANON_THREADS)
 	$(GMIA) report $(EVAL_OUT)/metrics-$(KNOB)
 
-# make calibrate [DATASET=phantom-face]: the adaptive attacker's AUC and utility at re-draw strengths 0, 0.5, 1 on
-# validation patients -> checkpoints/<preset>/calibration.json, which `make anonymize TARGET_AUC=0.6` reads
+# make calibrate [DATASET=phantom-face]: the adaptive attacker's AUC and utility at re-draw strengths 0, 0.5, 0.75, 1
+# on validation patients -> checkpoints/<preset>/calibration.json, which `make anonymize TARGET_AUC=0.6` reads
 calibrate: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) calibrate --preset $(EVAL_PRESET) --data data/$(EVAL_PRESET) $(ANON_THREADS)
 

@@ -38,7 +38,7 @@ _ROLES = ("aegan", "identity", "utility", "latent-prior", "latent-split")
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    strengths: tuple = (0.0, 0.5, 1.0)     # re-draw strengths measured
+    strengths: tuple = (0.0, 0.5, 0.75, 1.0)  # re-draw strengths measured (the face curve bends between 0.5 and 1)
     train_images: int = 400                # anonymized training-patient images the adaptive attackers learn from
     test_images: int = 200                 # held-out images attacked
     test_split: str = "val"                # held-out patients (phantom split); never the test split

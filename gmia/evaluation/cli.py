@@ -126,7 +126,7 @@ def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_si
                    "ones are attacked.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="The table (default <checkpoints>/<preset>/calibration.json, where --target-auc reads it).")
-@click.option("--strengths", default="0,0.5,1", show_default=True, help="Re-draw strengths to measure.")
+@click.option("--strengths", default="0,0.5,0.75,1", show_default=True, help="Re-draw strengths to measure.")
 @click.option("--train-images", type=int, default=None, help="Anonymized training images (default 400).")
 @click.option("--test-images", type=int, default=None, help="Held-out images attacked (default 200).")
 @click.option("--test-split", default=None, help="Split of the held-out patients (default val).")
