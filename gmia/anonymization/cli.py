@@ -107,12 +107,12 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               help="Refuse input images declaring more pixels than this, before decoding (default 36 000 000).")
 @quiet_dry_run
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, batch_size,
-              max_steps,
-              lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid, mdl_margin,
-              lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, lambda_ut, utility_form, limit, shard, resume, ray_address, ray_actors,
-              write_linkage, seed, device,
-              threads, fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None, patient_column=None,
-              findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None, dicom_keep_sex_age=False):
+              max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
+              mdl_margin, lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, lambda_ut,
+              utility_form, limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
+              fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None,
+              patient_column=None, findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None,
+              dicom_keep_sex_age=False):
     """Anonymize a dataset (stage 2): writes OUT/images, labels.csv, manifest.jsonl, run.json.
 
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""

@@ -79,8 +79,8 @@ class RayWorker:
                 "error": [r["error"] or "" for r in folder.rows]}
 
 
-def run_on_ray(cfg, dataset, folder, blocks: list[list[tuple[int, str, str]]], *, address: str | None, actors: int,
-               checkpoints, device, dicom, threads: int | None, progress: bool,
+def run_on_ray(cfg, dataset, folder, blocks: list[list[tuple[int, str, str]]], *, address: str | None,
+               actors: int, checkpoints, device, dicom, threads: int | None, progress: bool,
                allow_out_of_domain: bool = False) -> tuple[dict[str, int], int]:
     """Anonymize ``blocks`` of records (index, key, pseudonym; ``runner.schedule``) on a Ray cluster
     (``address``; "local" starts one here) with ``actors`` copies of the networks, one block per task; journal
@@ -116,7 +116,8 @@ def run_on_ray(cfg, dataset, folder, blocks: list[list[tuple[int, str, str]]], *
                                        device=device, dicom=dicom, threads=threads,
                                        allow_out_of_domain=allow_out_of_domain),
             max_restarts=-1, max_task_retries=-1)  # a killed actor comes back, its batch reruns
-        bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize (ray)", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize (ray)", disable=not progress,
+                   dynamic_ncols=True)
         for batch in results.iter_rows():
             row = json.loads(batch["row"])
             if row["pseudonym"] in folder.done:  # a retried batch sends a record again: journal it once

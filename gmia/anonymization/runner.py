@@ -198,7 +198,8 @@ class _Run:
         self.opt = LatentOptimizer(engine.model, engine.objective,
                                    cfg if engine.anonymizer is None else dataclasses.replace(cfg, patience=0))
         self.counts = {"released": 0, "withheld": 0, "error": 0}
-        self.bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize", disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize", disable=not progress,
+                        dynamic_ncols=True)
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
 
     # ---- input ---------------------------------------------------------------------------------------------
