@@ -33,14 +33,14 @@ def main() -> None:
     out, result = Path(args.out), {}
     default = runner.BLOCK_BATCHES
     for name, blocks in (("blocks", default), ("one-block", 10**9), ("blocks-again", default)):
-        saved, runner.BLOCK_BATCHES = runner.BLOCK_BATCHES, blocks
+        runner.BLOCK_BATCHES = blocks
         shutil.rmtree(out / name, ignore_errors=True)
         t0 = time.time()
         try:
             summary = anonymize_dataset(cfg, PhantomFolder(args.data, split="test"), out / name, limit=args.images,
                                         progress=False)
         finally:
-            runner.BLOCK_BATCHES = saved
+            runner.BLOCK_BATCHES = default
         result[name] = {"seconds": round(time.time() - t0, 1), "released": summary["this_call"]["released"],
                         "batch_steps": summary["this_call"]["batch_steps"]}
         print(name, result[name], flush=True)

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--data", default="data/phantom-cxr64")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--speed", default="quality", help="Speed profile of both runs (quality: the preset as is).")
-    ap.add_argument("--precision", default="fp32", help="Both runs (bf16 rounds differently in other batches).")
+    ap.add_argument("--precision", default="fp32", help="Precision of both runs.")
     ap.add_argument("--out", default="outputs/ray-equality")
     args = ap.parse_args()
     set_threads(1)

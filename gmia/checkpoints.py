@@ -36,6 +36,7 @@ from third_party.stylegan2_ada.legacy_rebuild import rebuild_network, to_plain
 __all__ = [
     "FORMAT",
     "MAX_PICKLE_BYTES",
+    "changed_weights",
     "check_fitted",
     "import_official_pickle",
     "load_module",
@@ -195,20 +196,26 @@ def read_card(path_dir: str | Path, name: str) -> dict[str, Any]:
     return card
 
 
+def changed_weights(path_dir: str | Path, recorded: dict[str, str]) -> list[str]:
+    """The roles of ``recorded`` (role, or ``<role>_sha256`` → sha256 of the weights something was fitted or
+    measured with) whose card in ``path_dir`` is now missing or names another sha256."""
+    folder = Path(path_dir)
+    changed = []
+    for key, sha in recorded.items():
+        role = key.removesuffix("_sha256").replace("_", "-")
+        if not (folder / f"{role}.json").is_file() or read_card(folder, role).get("sha256") != sha:
+            changed.append(role)
+    return changed
+
+
 def check_fitted(path_dir: str | Path, name: str, card: dict[str, Any], fix: str) -> None:
     """Refuse an artefact fitted to networks (a domain guard, a latent split) once those networks changed: its
-    card's ``meta.fitted_to`` holds ``<role>_sha256`` of each weight file in ``path_dir`` it was fitted to, and
-    a role whose card there now names another sha256 makes it stale (retraining stage 1 into a folder leaves the
-    old guard beside the new generator, whose scores it was never calibrated on)."""
-    folder = Path(path_dir)
-    stale = []
-    for key, sha in ((card.get("meta") or {}).get("fitted_to") or {}).items():
-        role = key.removesuffix("_sha256").replace("_", "-")
-        if (folder / f"{role}.json").is_file() and read_card(folder, role).get("sha256") != sha:
-            stale.append(role)
+    card's ``meta.fitted_to`` names the weights in ``path_dir`` it was fitted to (retraining stage 1 into a
+    folder would otherwise leave the old guard beside the new generator, whose scores it was never calibrated on)."""
+    stale = changed_weights(path_dir, (card.get("meta") or {}).get("fitted_to") or {})
     if stale:
-        raise CheckpointError(f"{folder / name}.json was fitted to other weights ({', '.join(stale)} changed since); "
-                              f"{fix}")
+        raise CheckpointError(f"{Path(path_dir) / name}.json was fitted to other weights ({', '.join(stale)} changed "
+                              f"since); {fix}")
 
 
 def write_card(path_dir: str | Path, name: str, class_name: str, kwargs: dict[str, Any],

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints import read_card
+from ..checkpoints import changed_weights, read_card
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..runs import environment, log
@@ -149,8 +149,7 @@ def load_calibration(folder: str | Path) -> dict:
         table = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable calibration table ({exc}); recalibrate with `gmia calibrate`") from None
-    now = weights_of(Path(folder))
-    stale = [r for r, sha in table.get("weights", {}).items() if now.get(r) != sha]
+    stale = changed_weights(folder, table.get("weights", {}))
     if stale:
         raise ConfigError(f"{path} was measured with other weights ({', '.join(stale)} changed); recalibrate with "
                           f"`gmia calibrate --out {path}`")
