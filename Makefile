@@ -11,7 +11,7 @@ DATASET   ?= phantom
 DATA_ROOT ?=
 CKPT      ?=
 # the phantom presets start from a re-drawn code, whose level is medium (docs/defaults.md); E(x) starts: high
-PRIVACY   ?= $(if $(and $(filter phantom phantom-face,$(DATASET)),$(if $(filter amortized,$(ENGINE)),,yes)),medium,high)
+PRIVACY   ?= $(if $(filter phantom phantom-face,$(DATASET)),medium,high)
 TARGET_AUC ?=
 # the privacy knob: a named level, or TARGET_AUC=0.6 (the adaptive attacker's expected AUC, from the calibration)
 KNOB      = $(if $(TARGET_AUC),auc$(TARGET_AUC),$(PRIVACY))

@@ -97,18 +97,21 @@ def attacker(**kw):
 @click.option("--lr", type=float, default=None)
 @click.option("--lambda-adv", type=float, default=None,
               help="Weight of the adversarial linker term (0: the stage-2 objective only).")
+@click.option("--redraw", type=click.FloatRange(0, 1), default=None,
+              help="The start it learns to correct: the re-drawn code of this strength (0: the surrogate); "
+                   "default: the preset's (`gmia anonymize --redraw`).")
 @click.option("--limit", type=int, default=None, help="Only the first N training images.")
 @click.option("--seed", type=int, default=None)
 @machine_options
 @quiet_dry_run
-def anonymizer(preset, data, checkpoints, out, epochs, batch_size, lr, lambda_adv, limit, seed, device, threads,
-               dry_run, quiet):
+def anonymizer(preset, data, checkpoints, out, epochs, batch_size, lr, lambda_adv, redraw, limit, seed, device,
+               threads, dry_run, quiet):
     """The amortized anonymizer: one forward pass per image (`gmia anonymize --engine amortized`)."""
     from .config import override
     from .anonymization.train_amortized import AmortizedConfig
 
     cfg = override(AmortizedConfig(), epochs=epochs, batch_size=batch_size, lr=lr, lambda_adv=lambda_adv, limit=limit,
-                   seed=seed)
+                   seed=seed, redraw=redraw)
     data = data or f"data/{preset}"
     if dry_run:
         click.echo(json.dumps({"data": data, "checkpoints": checkpoints, "out": out,

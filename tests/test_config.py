@@ -40,9 +40,12 @@ def test_the_default_level_follows_the_start():
 
     # a re-drawn start is already another person: its level is medium; from E(x) the hinge must do the work
     assert anonymize_config("phantom-face64").margin == PRIVACY_LEVELS["medium"]
-    for start in (dict(redraw=0.0), dict(speed="fast"), dict(engine="amortized")):
+    for start in (dict(redraw=0.0), dict(speed="fast")):
         cfg = anonymize_config("phantom-cxr64", **start)
         assert (cfg.redraw, cfg.margin, cfg.privacy) == (0.0, PRIVACY_LEVELS[DEFAULT_PRIVACY], DEFAULT_PRIVACY)
+    # the amortized network corrects the preset's own start, at its level
+    cfg = anonymize_config("phantom-cxr64", engine="amortized")
+    assert (cfg.redraw, cfg.margin) == (1.0, PRIVACY_LEVELS["medium"])
     # a level or margin the user asks for is kept, whatever the start
     assert anonymize_config("phantom-cxr64", privacy="low", redraw=0.0).margin == PRIVACY_LEVELS["low"]
     assert anonymize_config("phantom-cxr64", margin=0.1, speed="fast").margin == 0.1

@@ -1,7 +1,7 @@
 """The amortized anonymizer: a network that maps a source code to an anonymized code in one forward pass.
 
     net = load_anonymizer(folder, engine.checkpoints)     # checked against the weights it was trained with
-    w_a = net(w, w_t, margin, e_id)          # w = E(x), w_t = the record's surrogate code, e_id = E_id(x)
+    w_a = anonymize_codes(net, w, w_t, margin, e_id, split, prior)   # w = E(x), w_t = the record's surrogate code
 
 The per-image optimizer (``optimizer.py``) spends tens of generator forward and backward passes on every image.
 This network is trained once per preset, on the training split, with the same stage-2 objective (identity
@@ -13,13 +13,16 @@ withheld as usual; ``runner.py``).
 Inputs: the source code w, the record's surrogate code w_T (drawn from the latent prior by the record's seed,
 ``surrogate.surrogate_codes``: the same draw as the optimizer's surrogate term), E_id(x), the identity the output
 must move away from (the gate computes it for every image anyway; without it, 15% of the held-out phantom-cxr64
-images came out above the margin instead of 5%), and the margin m. The network is trained over the named levels,
-but its output barely depends on m (phantom-cxr64 test images: 0.953 private when asked for m, 0.945 for
-m − 0.4): it learns one operating point, about the preset's level. At another level the gate still decides
-every file; ``runner.load_engine`` says so. The output is a blend w + α ⊙ (w_T − w) (α per dimension, learned) plus a
-learned correction. It starts at the surrogate (α = 1, correction 0): there E_id's cosine to the source is that
-of two random people (−0.02 on average on phantom-cxr64 validation images, against 0.82 for the reconstruction),
-and training then brings back the findings (utility) and pushes identity further, to the margin.
+images came out above the margin instead of 5%), and the margin m. The network is trained at the preset's level
+(m jittered): it learns that one operating point, and its output barely depends on m. At another level the gate
+still decides every file; ``runner.load_engine`` says so.
+
+The start. With ``redraw`` = s > 0 (the phantom presets: their optimizer's start, ``redraw.py``) the network
+starts where the optimizer does, at the re-drawn code w_0 that keeps only the source's finding subspace and
+takes identity, pose and exposure from w_T, and learns a correction: w_A = w_0 + f(w, w_T, m, E_id(x)). Before
+training (f = 0) its output is that start. With s = 0 it starts at the surrogate itself, as a blend
+w + α ⊙ (w_T − w) (α per dimension, learned, 1 at first) plus the correction: the source's findings then have
+to be learned back from w through f alone.
 """
 
 from __future__ import annotations
@@ -33,18 +36,19 @@ from torch import nn
 from ..checkpoints import load_module, read_card
 from ..errors import CheckpointError
 
-__all__ = ["Anonymizer", "ANONYMIZER", "load_anonymizer", "fitted_to"]
+__all__ = ["Anonymizer", "ANONYMIZER", "anonymize_codes", "load_anonymizer", "fitted_to"]
 
 ANONYMIZER = "anonymizer"  # checkpoint name: <preset folder>/anonymizer.{safetensors,json}
 FITTED_ROLES = ("aegan", "identity", "utility")  # the weights an anonymizer is trained against
 
 
 class Anonymizer(nn.Module):
-    """(w, w_T, m) → w_A, all codes (N, w_dim) in W space."""
+    """(w, w_T, m, E_id(x)[, w_0]) → w_A, all codes (N, w_dim) in W space; ``redraw``: the strength of the
+    re-drawn start w_0 it was trained from (0: none, it starts at w_T)."""
 
-    def __init__(self, w_dim: int = 512, hidden: int = 1024, depth: int = 3, id_dim: int = 0):
+    def __init__(self, w_dim: int = 512, hidden: int = 1024, depth: int = 3, id_dim: int = 0, redraw: float = 0.0):
         super().__init__()
-        self.w_dim, self.hidden, self.depth, self.id_dim = w_dim, hidden, depth, id_dim
+        self.w_dim, self.hidden, self.depth, self.id_dim, self.redraw = w_dim, hidden, depth, id_dim, float(redraw)
         # code statistics of the training split: inputs are whitened per dimension, the correction is scaled back
         self.register_buffer("mu", torch.zeros(w_dim))
         self.register_buffer("sd", torch.ones(w_dim))
@@ -64,7 +68,7 @@ class Anonymizer(nn.Module):
         self.sd.copy_(w.std(0).clamp_min(1e-3))
 
     def forward(self, w: torch.Tensor, w_t: torch.Tensor, margin: torch.Tensor | float,
-                e_id: torch.Tensor | None = None) -> torch.Tensor:
+                e_id: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
         m = torch.as_tensor(margin, dtype=w.dtype, device=w.device).expand(len(w)).reshape(-1, 1)
         parts = [(w - self.mu) / self.sd, (w_t - self.mu) / self.sd, m]
         if self.id_dim:
@@ -72,10 +76,30 @@ class Anonymizer(nn.Module):
                 raise ValueError("this anonymizer reads E_id(x) of the source: pass e_id")
             parts.append(F.normalize(e_id.float(), dim=1) * self.id_dim ** 0.5)  # unit vector, entries ~N(0, 1)
         h = torch.cat(parts, dim=1)
-        return w + self.alpha * (w_t - w) + self.out(self.mlp(h)) * self.sd
+        if self.redraw > 0:
+            if start is None:
+                raise ValueError(f"this anonymizer starts from the re-drawn code (strength {self.redraw:g}): pass start")
+            base = start
+        else:
+            base = w + self.alpha * (w_t - w)
+        return base + self.out(self.mlp(h)) * self.sd
 
     def extra_repr(self) -> str:
-        return f"w_dim={self.w_dim}, hidden={self.hidden}, depth={self.depth}, id_dim={self.id_dim}"
+        return (f"w_dim={self.w_dim}, hidden={self.hidden}, depth={self.depth}, id_dim={self.id_dim}, "
+                f"redraw={self.redraw:g}")
+
+
+def anonymize_codes(net: Anonymizer, w: torch.Tensor, w_t: torch.Tensor, margin, e_id: torch.Tensor | None,
+                    split=None, prior=None) -> torch.Tensor:
+    """The network's codes for sources ``w``: from the re-drawn start (``split``, ``prior``: redraw.py) when the
+    network was trained from it, else from its own blend."""
+    start = None
+    if net.redraw > 0:
+        if split is None or prior is None:
+            raise CheckpointError(f"this anonymizer starts from the re-drawn code (strength {net.redraw:g}), which "
+                                  "needs the preset's latent-split.* and latent-prior.* (gmia fit-split)")
+        start = split.redraw(w, w_t, prior, net.redraw)
+    return net(w, w_t, margin, e_id, start)
 
 
 def fitted_to(folder: str | Path) -> dict[str, str]:

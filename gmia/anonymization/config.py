@@ -118,8 +118,6 @@ class AnonymizeConfig:
             (self.patience >= 0 and self.gate_retries >= 0 and self.refine_steps >= 0,
              "patience, gate_retries and refine_steps must be >= 0"),
             (0.0 <= self.redraw <= 1.0, f"redraw must be in [0, 1] (0: off), got {self.redraw}"),
-            (self.redraw == 0.0 or self.engine == "optimize", "redraw is a start of the per-image optimizer; the "
-             "amortized engine's network takes the source's own code (use --engine optimize, or --redraw 0)"),
             (self.output_bits in (None, 8, 16), f"output_bits must be 8, 16 or unset, got {self.output_bits}"),
         ]
         for ok, message in checks:
@@ -195,8 +193,6 @@ def anonymize_config(preset: str, privacy: str | None = None, margin: float | No
     if privacy is not None or margin is not None:
         cfg = dataclasses.replace(cfg, margin=margin_for(privacy, margin), privacy=None if margin is not None else privacy)
     cfg = dataclasses.replace(cfg, **SPEED_PROFILES[speed or "quality"])
-    if changes.get("engine") == "amortized" and changes.get("redraw") is None:
-        cfg = dataclasses.replace(cfg, redraw=0.0)  # the amortized network starts from E(x) (see redraw.py)
     cfg = override(cfg, **changes)
     if privacy is None and margin is None and cfg.redraw == 0.0 and PRESETS[preset].redraw > 0.0:
         # a preset's level assumes its re-drawn start; from the source's own code the hinge is what moves the

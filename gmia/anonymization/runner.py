@@ -126,6 +126,11 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         from .amortized import ANONYMIZER, load_anonymizer
 
         anonymizer = load_anonymizer(folder, shas, device)
+        if anonymizer.redraw != cfg.redraw:  # the network corrects one start; another would be off its inputs
+            raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained from the start --redraw "
+                                  f"{anonymizer.redraw:g}, this run asks for --redraw {cfg.redraw:g}; pass --redraw "
+                                  f"{anonymizer.redraw:g}, or train one for this start with `gmia train anonymizer "
+                                  f"--preset {cfg.preset} --redraw {cfg.redraw:g}`")
         trained = PRESETS[cfg.preset].margin if cfg.preset in PRESETS else None
         if trained is not None and cfg.margin != trained:
             log(None, f"note: the amortized network learned one operating point, about the preset's margin m = "
@@ -231,12 +236,14 @@ class _Run:
     def _amortized(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> None:
         """The amortized engine: one pass of the anonymizer network per record, straight to the gate (which
         sends a refused file to the per-image optimizer, ``_finish``)."""
+        from .amortized import anonymize_codes
         from .surrogate import surrogate_codes
 
         t0 = time.perf_counter()
         ref_id = self.engine.e_id.embed(x)
         w_t = surrogate_codes(self.engine.prior, [it.seed for it in items], self.device)
-        w_a = self.engine.anonymizer(codes, w_t, self.cfg.margin, ref_id)
+        w_a = anonymize_codes(self.engine.anonymizer, codes, w_t, self.cfg.margin, ref_id, self.engine.split,
+                              self.engine.prior)
         share = (time.perf_counter() - t0) / len(items)
         rows = []
         for i, item in enumerate(items):

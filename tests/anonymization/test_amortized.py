@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gmia.anonymization import gate
-from gmia.anonymization.amortized import Anonymizer, load_anonymizer
+from gmia.anonymization.amortized import Anonymizer, anonymize_codes, load_anonymizer
 from gmia.anonymization.config import anonymize_config
 from gmia.anonymization.runner import anonymize_dataset
 from gmia.anonymization.train_amortized import AmortizedConfig, train_anonymizer
@@ -42,17 +42,49 @@ def test_training_writes_a_card_tied_to_the_weights_it_learned_from(trained):
     assert [row["epoch"] for row in card["meta"]["history"]] == [1, 2]
     net = load_anonymizer(trained / "phantom-cxr64", fitted)
     w, w_t, e = torch.randn(3, net.w_dim), torch.randn(3, net.w_dim), torch.randn(3, net.id_dim)
-    assert net.id_dim == 32 and net(w, w_t, -0.3, e).shape == (3, net.w_dim)
-    assert not torch.allclose(net(w, w_t, -0.3, e), net(w, w_t, 0.3, e))  # the margin is an input
-    assert not torch.allclose(net(w, w_t, -0.3, e), net(w, w_t, -0.3, -e))  # ... and the source's identity
+    s = torch.randn(3, net.w_dim)  # a start code
+    assert net.id_dim == 32 and net(w, w_t, -0.3, e, s).shape == (3, net.w_dim)
+    assert not torch.allclose(net(w, w_t, -0.3, e, s), net(w, w_t, 0.3, e, s))  # the margin is an input
+    assert not torch.allclose(net(w, w_t, -0.3, e, s), net(w, w_t, -0.3, -e, s))  # ... and the source's identity
     with pytest.raises(ValueError, match="e_id"):
-        net(w, w_t, -0.3)
+        net(w, w_t, -0.3, start=s)
 
 
-def test_a_fresh_anonymizer_outputs_the_surrogate():
+def test_a_fresh_anonymizer_outputs_its_start():
     net = Anonymizer(w_dim=8, hidden=16)
     w, w_t = torch.randn(2, 8), torch.randn(2, 8)
-    assert torch.allclose(net(w, w_t, 0.0), w_t)
+    assert torch.allclose(net(w, w_t, 0.0), w_t)  # no re-drawn start: the surrogate
+    net = Anonymizer(w_dim=8, hidden=16, redraw=1.0)
+    start = torch.randn(2, 8)
+    assert torch.allclose(net(w, w_t, 0.0, start=start), start)
+    with pytest.raises(ValueError, match="start"):
+        net(w, w_t, 0.0)
+
+
+def test_the_network_starts_where_the_optimizer_does(trained, tiny_checkpoints):
+    """Trained for the preset's re-drawn start, the network corrects the code the split re-draws."""
+    from gmia.anonymization.redraw import LatentSplit
+    from gmia.projection.prior import LatentPrior
+
+    folder = trained / "phantom-cxr64"
+    net = load_anonymizer(folder, read_card(folder, "anonymizer")["meta"]["fitted_to"])
+    assert net.redraw == 1.0 == anonymize_config("phantom-cxr64").redraw
+    split, prior = LatentSplit.load(folder), LatentPrior.load(folder)
+    w, w_t, e = torch.randn(3, net.w_dim), torch.randn(3, net.w_dim), torch.randn(3, net.id_dim)
+    start = split.redraw(w, w_t, prior, 1.0)
+    with torch.no_grad():
+        w_a = anonymize_codes(net, w, w_t, 0.0, e, split, prior)
+        net.out.weight.zero_(), net.out.bias.zero_()
+        assert torch.allclose(anonymize_codes(net, w, w_t, 0.0, e, split, prior), start)  # correction 0: the start
+    assert not torch.allclose(w_a, start)  # ... which training moved
+    with pytest.raises(CheckpointError, match="latent-split"):
+        anonymize_codes(net, w, w_t, 0.0, e)
+
+
+def test_a_run_from_another_start_is_refused(tmp_path, trained, phantom_dir):
+    with pytest.raises(CheckpointError, match="--redraw 1"):
+        anonymize_dataset(_cfg(redraw=0.0), PhantomFolder(phantom_dir), tmp_path / "out", checkpoints=trained,
+                          progress=False)
 
 
 def test_one_pass_per_image_then_the_gate(tmp_path, trained, phantom_dir):
@@ -100,3 +132,13 @@ def test_an_anonymizer_trained_for_other_weights_is_refused(tmp_path, trained, p
     with pytest.raises(CheckpointError, match="gmia train anonymizer"):
         anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), tmp_path / "out2",
                           checkpoints=save_tiny_checkpoints(tmp_path / "bare"), progress=False)
+
+
+def test_the_weights_kept_trade_a_little_privacy_for_utility():
+    from gmia.anonymization.train_amortized import _kept_epoch
+
+    history = [{"epoch": 1, "val_private": 0.99, "val_ut_ratio": 1.6}, {"epoch": 2, "val_private": 0.98,
+               "val_ut_ratio": 1.2}, {"epoch": 3, "val_private": 0.90, "val_ut_ratio": 1.0}]
+    assert _kept_epoch(history, 0.02) == 2  # epoch 3 is better still, but leaves too many files to the gate
+    assert _kept_epoch(history, 0.0) == 1
+    assert _kept_epoch([{"epoch": 1}, {"epoch": 2}], 0.02) == 2  # no held-out check: the last epoch
