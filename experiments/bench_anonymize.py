@@ -15,9 +15,10 @@ so; the refinement is timed as part of the engine).
 * **engine-fast**: the engine under the ``fast`` speed profile (``gmia anonymize --speed fast``): the reference's
   stopping rule (stop at the hinge: patience 0) and starting point (w_0 = E(x), no refinement), lr 0.1 and bf16
   autocast where the hardware has native bf16 (``--fast-precision fp32`` to compare without it).
-* **amortized**: ``gmia anonymize --engine amortized``: E(x), one pass of the preset's anonymizer network
-  (``gmia train anonymizer``) and G; an image whose 8-bit rendering is above the margin goes to the per-image
-  optimizer from the network's code, with a gate retry's headroom (as the runner does). Measured only when the
+* **amortized**: ``gmia anonymize --engine amortized``: E(x), the re-drawn start when the network was trained
+  from it, one pass of the preset's anonymizer network (``gmia train anonymizer``) and G; an image whose 8-bit
+  rendering is above the margin goes to the per-image optimizer from the network's code, with a gate retry's
+  headroom, stopping at the hinge (as the runner does). Measured only when the
   preset's checkpoint folder holds ``anonymizer.*``.
 * **reference**: the published loop, one image at a time: ``torch.optim.Adam([w], lr=0.01, betas=(0, 0.99))``,
   loss = max(0, cos - m) + mean((E_ut(x_A) - E_ut(x_R))^2), fresh random noise every step, stop at the first
@@ -112,9 +113,9 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
             images[i], steps[i] = x_a[j].cpu(), 1
             if cos[j] > cfg.margin:
                 retry.append((i, seeds[j], w_a[j]))
-    if retry:  # the optimizer, from the network's code, with a retry's headroom
-        opt = LatentOptimizer(engine.model, engine.objective, dataclasses.replace(cfg, hinge_slack=cfg.hinge_slack
-                                                                                   + cfg.retry_slack))
+    if retry:  # the optimizer, from the network's code, with a retry's headroom, stopping at the hinge (runner.py)
+        opt = LatentOptimizer(engine.model, engine.objective,
+                              dataclasses.replace(cfg, hinge_slack=cfg.hinge_slack + cfg.retry_slack, patience=0))
         x = torch.stack([ds[i]["image"] for i, _, _ in retry]).to(device)
         opt.add([Item(key=str(i), seed=s, payload=i) for i, s, _ in retry], torch.stack([w for _, _, w in retry]), x)
         while opt.active:
