@@ -105,8 +105,9 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         seeds = [record_seed(s["key"], cfg.seed) for s in samples]
         with torch.no_grad():
             e_r = engine.e_id.embed(x)
-            w_a = anonymize_codes(engine.anonymizer, engine.model.encode(x), surrogate_codes(engine.prior, seeds, device),
-                                  cfg.margin, e_r, engine.split, engine.prior)
+            w_t = surrogate_codes(engine.prior, seeds, device)
+            w_a = anonymize_codes(engine.anonymizer, engine.model.encode(x), w_t, cfg.margin, e_r, engine.split,
+                                  engine.prior)
             x_a = engine.model.render(w_a, noise_seeds(seeds, cfg.noise))
             cos = identity_cosine(engine.e_id.embed((x_a * 255).round() / 255), e_r)
         for j, i in enumerate(idx):

@@ -78,7 +78,8 @@ class Anonymizer(nn.Module):
         h = torch.cat(parts, dim=1)
         if self.redraw > 0:
             if start is None:
-                raise ValueError(f"this anonymizer starts from the re-drawn code (strength {self.redraw:g}): pass start")
+                raise ValueError(f"this anonymizer starts from the re-drawn code (strength {self.redraw:g}): "
+                                 "pass start")
             base = start
         else:
             base = w + self.alpha * (w_t - w)

@@ -4,18 +4,20 @@
 
 Each step takes a batch of training images with their codes w = E(x) and reference features (computed once),
 draws a surrogate for each from a pool of prior samples and a margin m (the preset's level, jittered), renders
-w_A = net(w, w_T, m) from the preset's start (its re-drawn code: amortized.py) with fresh noise, and descends the preset's stage-2 objective (hinge asking for
-``extra_slack`` more headroom than the optimizer, so that the gate passes on the first try) plus an adversarial
-term: a small linker network is trained alongside, on the same batches, to match each anonymized image to its
-own source among the batch's sources (InfoNCE), and the anonymizer is pushed to make that match uniform. The
+w_A = net(w, w_T, m) from the preset's start (its re-drawn code: amortized.py) with fresh noise, and descends the
+preset's stage-2 objective (hinge asking for ``extra_slack`` more headroom than the optimizer, so that the gate
+passes on the first try) plus an adversarial term: a small linker network is trained alongside, on the same
+batches, to match each anonymized image to its own source among the batch's sources (InfoNCE), and the
+anonymizer is pushed to make that match uniform. The
 per-image optimizer only moves what E_id sees; the linker learns whatever else links an output to its source
 (PriCheXy-Net trains its anonymizer against a re-identifier the same way). G, E, E_id and E_ut stay frozen.
 
 A held-out check on the validation split after every epoch (m at the preset's level) logs the fraction whose
 rendered image is private and the utility distance against the plain reconstruction's; of the epochs that keep
-about the most of them private, the one of best utility is saved as ``<checkpoints>/<preset>/anonymizer.{safetensors,json}`` (the learning rate
-decays to 0 and gradients are clipped: at a constant 2e-3, phantom-cxr64 collapsed at epoch 8, from 0.95 of the
-held-out images private to 0.16).
+about the most of them private, the one of best utility is saved as
+``<checkpoints>/<preset>/anonymizer.{safetensors,json}`` (the learning rate decays to 0 and gradients are
+clipped: at a constant 2e-3, phantom-cxr64 collapsed at epoch 8, from 0.95 of the held-out images private to
+0.16).
 """
 
 from __future__ import annotations
