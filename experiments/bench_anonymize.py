@@ -94,7 +94,7 @@ def run_engine(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
 def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
     """The amortized engine: E(x), one pass of the anonymizer network, G; an image whose 8-bit rendering is above
     the margin goes to the per-image optimizer from there (as the runner's gate sends it). Steps: G evaluations."""
-    from gmia.anonymization.amortized import anonymize_codes
+    from gmia.anonymization.amortized import anonymize_codes, fallback_config
     from gmia.anonymization.surrogate import surrogate_codes
 
     images, steps, retry = {}, {}, []
@@ -114,9 +114,10 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
             images[i], steps[i] = x_a[j].cpu(), 1
             if cos[j] > cfg.margin:
                 retry.append((i, seeds[j], w_a[j]))
-    if retry:  # the optimizer, from the network's code, with a retry's headroom, stopping at the hinge (runner.py)
+    if retry:  # the runner's fallback optimizer, from the network's code, with a retry's headroom
+        fallback = fallback_config(cfg)
         opt = LatentOptimizer(engine.model, engine.objective,
-                              dataclasses.replace(cfg, hinge_slack=cfg.hinge_slack + cfg.retry_slack, patience=0))
+                              dataclasses.replace(fallback, hinge_slack=fallback.hinge_slack + fallback.retry_slack))
         x = torch.stack([ds[i]["image"] for i, _, _ in retry]).to(device)
         opt.add([Item(key=str(i), seed=s, payload=i) for i, s, _ in retry], torch.stack([w for _, _, w in retry]), x)
         while opt.active:

@@ -27,6 +27,7 @@ to be learned back from w through f alone.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from torch import nn
 from ..checkpoints import load_module, read_card
 from ..errors import CheckpointError
 
-__all__ = ["Anonymizer", "ANONYMIZER", "anonymize_codes", "load_anonymizer", "fitted_to"]
+__all__ = ["Anonymizer", "ANONYMIZER", "anonymize_codes", "fallback_config", "load_anonymizer", "fitted_to"]
 
 ANONYMIZER = "anonymizer"  # checkpoint name: <preset folder>/anonymizer.{safetensors,json}
 FITTED_ROLES = ("aegan", "identity", "utility")  # the weights an anonymizer is trained against
@@ -108,10 +109,18 @@ def fitted_to(folder: str | Path) -> dict[str, str]:
     return {role: read_card(folder, role)["sha256"] for role in FITTED_ROLES}
 
 
-def load_anonymizer(folder: str | Path, shas: dict[str, str], device="cpu") -> Anonymizer:
+def fallback_config(cfg):
+    """The per-image optimizer's settings for a file the gate refused the network's code: "a few steps", stopping
+    as soon as the hinge holds (patience 0; the retry adds its headroom)."""
+    return dataclasses.replace(cfg, patience=0)
+
+
+def load_anonymizer(folder: str | Path, shas: dict[str, str], device="cpu",
+                    redraw: float | None = None) -> Anonymizer:
     """The anonymizer in ``folder``, after checking that it was trained against the weights ``shas`` (role →
-    sha256) that the run loads: a network trained for another generator or E_id would be judged only by the
-    gate and fail it row after row."""
+    sha256) that the run loads, and from the start ``redraw`` the run asks for (None: any): a network trained for another
+    generator or E_id, or that corrects another start, would be judged only by the gate and fail it row after
+    row."""
     folder = Path(folder)
     preset = folder.name
     fix = f"train one with `gmia train anonymizer --preset {preset} --checkpoints {folder.parent}`"
@@ -124,4 +133,10 @@ def load_anonymizer(folder: str | Path, shas: dict[str, str], device="cpu") -> A
     if stale:
         raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained for other {', '.join(stale)} weights than "
                               f"the ones in {folder}; {fix}")
+    start = float(card.get("kwargs", {}).get("redraw", 0.0))
+    if redraw is not None and start != redraw:
+        raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained from the start --redraw {start:g}, this "
+                              f"run asks for --redraw {redraw:g}; pass --redraw {start:g}, or train one for this "
+                              f"start with `gmia train anonymizer --preset {preset} --checkpoints {folder.parent} "
+                              f"--redraw {redraw:g}`")
     return load_module(folder, ANONYMIZER, device)

@@ -32,6 +32,7 @@ from ..errors import CheckpointError, ConfigError, GmiaError, InputError
 from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
+from .amortized import anonymize_codes, fallback_config
 from .domain import DomainGuard
 from .config import PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
 from .gate import release, write_and_check
@@ -125,12 +126,7 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         from ..projection.prior import LatentPrior
         from .amortized import ANONYMIZER, load_anonymizer
 
-        anonymizer = load_anonymizer(folder, shas, device)
-        if anonymizer.redraw != cfg.redraw:  # the network corrects one start; another would be off its inputs
-            raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained from the start --redraw "
-                                  f"{anonymizer.redraw:g}, this run asks for --redraw {cfg.redraw:g}; pass --redraw "
-                                  f"{anonymizer.redraw:g}, or train one for this start with `gmia train anonymizer "
-                                  f"--preset {cfg.preset} --redraw {cfg.redraw:g}`")
+        anonymizer = load_anonymizer(folder, shas, device, redraw=cfg.redraw)
         trained = PRESETS[cfg.preset].margin if cfg.preset in PRESETS else None
         if trained is not None and cfg.margin != trained:
             log(None, f"note: the amortized network learned one operating point, about the preset's margin m = "
@@ -198,10 +194,9 @@ class _Run:
         self.out_of_domain = 0  # inputs the guard flagged (withheld, or released anyway when allowed)
         self.dicom = dicom  # None: PNG output
         self.blocks, self.device = blocks, device
-        # the amortized engine's optimizer only takes the files its network could not make private: "a few
-        # steps", stopping at the hinge (patience 0; from the network's code: 8 steps median on phantom-cxr64)
+        # the amortized engine's optimizer only takes the files its network could not make private
         self.opt = LatentOptimizer(engine.model, engine.objective,
-                                   cfg if engine.anonymizer is None else dataclasses.replace(cfg, patience=0))
+                                   cfg if engine.anonymizer is None else fallback_config(cfg))
         self.counts = {"released": 0, "withheld": 0, "error": 0}
         self.bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize", disable=not progress,
                         dynamic_ncols=True)
@@ -236,7 +231,6 @@ class _Run:
     def _amortized(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> None:
         """The amortized engine: one pass of the anonymizer network per record, straight to the gate (which
         sends a refused file to the per-image optimizer, ``_finish``)."""
-        from .amortized import anonymize_codes
         from .surrogate import surrogate_codes
 
         t0 = time.perf_counter()
