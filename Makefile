@@ -126,8 +126,9 @@ mia: data/$(EVAL_PRESET)/phantom.json
 # so rerunning finishes or does nothing. About a day per preset on a 2-core CPU (stage 1 at ~37 s/kimg on one
 # core); DEVICE=cuda trains on a GPU (the legs the cards record ran at 1.0-1.6 s/kimg on an H100); THREADS=1 is
 # fastest on a shared CPU. Run folders and caches go to FIT_ROOT/<preset>/ (the chest pool: 64 000 images); the
-# weights and cards are then copied into checkpoints/<preset>/, and the latent split (`--redraw`) and the domain
-# guard are fitted to them (both refuse to load beside weights they were not fitted to).
+# weights and cards are then copied into checkpoints/<preset>/, and the latent split (`--redraw`), the domain
+# guard and the amortized engine's network are fitted to them (each refuses to load beside weights it was not
+# fitted to).
 THREADS  ?= 2
 DEVICE   ?=
 FIT_ROOT ?= runs/fit
@@ -140,6 +141,7 @@ train-phantom: phantom-data
 	  done; \
 	  $(GMIA) fit-split --preset $$p --data data/$$p $(FIT_MACHINE) || exit 1; \
 	  $(GMIA) fit-domain --preset $$p --data data/$$p $(FIT_MACHINE) || exit 1; \
+	  $(GMIA) train anonymizer --preset $$p --data data/$$p $(FIT_MACHINE) --quiet || exit 1; \
 	done
 
 # ---- your own data ---------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def run_engine(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
 def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
     """The amortized engine: E(x), one pass of the anonymizer network, G; an image whose 8-bit rendering is above
     the margin goes to the per-image optimizer from there (as the runner's gate sends it). Steps: G evaluations."""
-    from gmia.anonymization.amortized import anonymize_codes, fallback_config
+    from gmia.anonymization.amortized import anonymize_codes, fallback_config, reads_lesion, utility_views
     from gmia.anonymization.surrogate import surrogate_codes
 
     images, steps, retry = {}, {}, []
@@ -106,8 +106,9 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         with torch.no_grad():
             e_r = engine.e_id.embed(x)
             w_t = surrogate_codes(engine.prior, seeds, device)
+            feats, lesion = utility_views(engine.e_ut, x, reads_lesion(engine.anonymizer))
             w_a = anonymize_codes(engine.anonymizer, engine.model.encode(x), w_t, cfg.margin, e_r, engine.split,
-                                  engine.prior)
+                                  engine.prior, feats, lesion)
             x_a = engine.model.render(w_a, noise_seeds(seeds, cfg.noise))
             cos = identity_cosine(engine.e_id.embed((x_a * 255).round() / 255), e_r)
         for j, i in enumerate(idx):

@@ -62,11 +62,12 @@ class DomainGuard:
 
     # ---- scoring -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def scores(self, model, e_ut, x: torch.Tensor, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every score (N,) of images x (N, C, R, R) in [0, 1] (``codes``: their E(x), when the caller has them),
-        on the CPU as float64."""
+    def scores(self, model, e_ut, x: torch.Tensor, codes: torch.Tensor | None = None,
+               features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every score (N,) of images x (N, C, R, R) in [0, 1] (``codes``: their E(x), ``features``: their
+        E_ut.features(x), when the caller has them), on the CPU as float64."""
         s = {"reconstruction": reconstruction_error(model, x, codes)}
-        for k, v in _descriptors(e_ut, x).items():
+        for k, v in (_descriptors(e_ut, x) if features is None else {"features": features}).items():
             s[k] = self.distance(k, v)
         return self._with_combined(s)
 

@@ -32,7 +32,7 @@ from ..errors import CheckpointError, ConfigError, GmiaError, InputError
 from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
-from .amortized import anonymize_codes, fallback_config
+from .amortized import anonymize_codes, fallback_config, reads_lesion, utility_views
 from .domain import DomainGuard
 from .config import PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
 from .gate import release, write_and_check
@@ -212,10 +212,14 @@ class _Run:
                 continue
             x = torch.stack(images).to(self.device)
             codes = self.engine.model.encode(x)  # E(x): what the guard renders, and where the optimization starts
-            keep = self._guard(items, x, codes)
+            # E_ut's view of the inputs: the guard's features score and the amortized network's input, once
+            feats = lesion = None
+            if self.engine.guard is not None or self.engine.anonymizer is not None:
+                feats, lesion = utility_views(self.engine.e_ut, x, reads_lesion(self.engine.anonymizer))
+            keep = self._guard(items, x, codes, feats)
             items, x, codes = [it for it, k in zip(items, keep.tolist()) if k], x[keep], codes[keep]
             if items and self.engine.anonymizer is not None:
-                self._amortized(items, x, codes)
+                self._amortized(items, x, codes, feats[keep], None if lesion is None else lesion[keep])
             elif items:
                 seeds = [it.seed for it in items] if self.cfg.noise == "per-image" else None
                 w0 = project_codes(self.engine.model, x, self.cfg.refine_steps, noise_seeds=seeds, start=codes)
@@ -228,16 +232,18 @@ class _Run:
                 self.opt.add(items, w0, x)
 
     @torch.no_grad()
-    def _amortized(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> None:
-        """The amortized engine: one pass of the anonymizer network per record, straight to the gate (which
-        sends a refused file to the per-image optimizer, ``_finish``)."""
+    def _amortized(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor, feats: torch.Tensor,
+                   lesion: torch.Tensor | None) -> None:
+        """The amortized engine: one pass of the anonymizer network per record (``feats``, ``lesion``: E_ut's
+        features and lesion map of x), straight to the gate (which sends a refused file to the per-image optimizer,
+        ``_finish``)."""
         from .surrogate import surrogate_codes
 
         t0 = time.perf_counter()
         ref_id = self.engine.e_id.embed(x)
         w_t = surrogate_codes(self.engine.prior, [it.seed for it in items], self.device)
         w_a = anonymize_codes(self.engine.anonymizer, codes, w_t, self.cfg.margin, ref_id, self.engine.split,
-                              self.engine.prior)
+                              self.engine.prior, feats, lesion)
         share = (time.perf_counter() - t0) / len(items)
         rows = []
         for i, item in enumerate(items):
@@ -273,13 +279,14 @@ class _Run:
             images.append(x)
         return items, images, False
 
-    def _guard(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def _guard(self, items: list[Item], x: torch.Tensor, codes: torch.Tensor,
+               feats: torch.Tensor | None = None) -> torch.Tensor:
         """(N,) bool, the rows to optimize: the inputs the model cannot represent (``domain.py``) are withheld
         here, or, with --allow-out-of-domain, marked and kept. Every row carries its domain scores."""
         guard = self.engine.guard
         if guard is None:
             return torch.ones(len(items), dtype=torch.bool, device=x.device)
-        scores = guard.scores(self.engine.model, self.engine.e_ut, x, codes)
+        scores = guard.scores(self.engine.model, self.engine.e_ut, x, codes, feats)
         ok = guard.accepts(scores)
         for i, item in enumerate(items):
             item.payload["domain"] = {k: round(float(v[i]), 5) for k, v in scores.items()}

@@ -36,7 +36,7 @@ from torch import nn
 from ..checkpoints import save_module
 from ..config import PRIVACY_LEVELS, override
 from ..errors import ConfigError, InputError
-from .amortized import ANONYMIZER, Anonymizer, anonymize_codes, fitted_to
+from .amortized import ANONYMIZER, Anonymizer, anonymize_codes, fitted_to, reads_lesion, utility_views
 from .config import anonymize_config, target_margin
 from .optimizer import noise_seeds
 from .surrogate import surrogate_codes, surrogate_seeds
@@ -50,10 +50,14 @@ class AmortizedConfig:
     batch_size: int = 16
     lr: float = 2e-3                  # decayed to 0 over the run (cosine); gradients clipped to norm clip_norm
     clip_norm: float = 1.0
-    hidden: int = 1024
+    hidden: int = 512                 # 2.8 MB a preset in float16 (the shipped files)
     depth: int = 3
     extra_slack: float = 0.05         # the hinge asks for m − hinge_slack − this: the gate passes on the first try
     hinge_weight: float = 4.0         # × the preset's λ_id: one pass has no second chance, so privacy comes first
+    # ... but not past "another person": an output pushed far below the hinge's target (E_id cosine < target −
+    # band) is penalised as strongly, since an identity pushed to "the opposite of the source" is linked again
+    # by an attacker that ranks the other way round (two-sided linkability). None: no floor
+    band: float | None = 0.15
     lambda_adv: float = 1.0           # weight of the adversarial linker term (0: off)
     linker_lr: float = 1e-3
     temperature: float = 0.1          # of the linker's InfoNCE
@@ -67,6 +71,8 @@ class AmortizedConfig:
     val_images: int = 128
     private_tolerance: float = 0.02   # weights kept: the best utility among epochs this close to the most private
     redraw: float | None = None       # the start it learns to correct (redraw.py); None: the preset's
+    read_utility: bool = True         # E_ut.features(x) as an input (amortized.py: the findings to keep)
+    lesion_grid: int = 8              # E_ut's lesion map averaged over this grid as an input, where E_ut segments
     limit: int | None = None          # first N training images (tests)
     seed: int = 0
 
@@ -96,7 +102,8 @@ def _frozen(*nets) -> None:
 
 @torch.no_grad()
 def _prepare(engine, images: torch.Tensor, batch: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Codes E(x) and the unseeded reference features of every image (on ``device``)."""
+    """Codes E(x) and the unseeded reference features of every image (on ``device``), with E_ut.features(x)
+    under "e_ut" (the network's input, whatever the utility term's form)."""
     codes, refs = [], {}
     terms = [t for t in engine.objective.terms if not getattr(t, "seeded", False)]
     for s in range(0, len(images), batch):
@@ -104,6 +111,7 @@ def _prepare(engine, images: torch.Tensor, batch: int, device) -> tuple[torch.Te
         codes.append(engine.model.encode(x))
         for t in terms:
             refs.setdefault(t.name, []).append(t.reference(x))
+        refs.setdefault("e_ut", []).append(engine.e_ut.features(x))
     return torch.cat(codes), {k: torch.cat(v) for k, v in refs.items()}
 
 
@@ -117,6 +125,17 @@ def _surrogate_pool(engine, prior, n: int, seed: int, device) -> tuple[torch.Ten
     emb = torch.cat([engine.e_id.embed(engine.model.render(codes[s:s + 64], noise_seeds(salted[s:s + 64])))
                      for s in range(0, n, 64)])
     return codes, emb, seeds
+
+
+def _lesion_maps(engine, refs: dict[str, torch.Tensor], images: torch.Tensor, device) -> torch.Tensor | None:
+    """E_ut's lesion maps of the training images (the lesion term's references when it is on), or None when
+    E_ut does not segment."""
+    if "les" in refs:
+        return refs["les"]
+    if not getattr(engine.e_ut, "has_segmentation", False):
+        return None
+    return torch.cat([utility_views(engine.e_ut, images[s:s + 64].to(device), True)[1]
+                      for s in range(0, len(images), 64)])
 
 
 def _uniform_ce(logits: torch.Tensor) -> torch.Tensor:
@@ -168,7 +187,12 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
     pool_w, pool_e, _ = _surrogate_pool(engine, prior, cfg.surrogates, cfg.seed, device)
     log(None, f"anonymizer: {n} training images, {cfg.surrogates} surrogates prepared in {time.time() - t0:.0f}s")
 
-    net = Anonymizer(model.w_dim, cfg.hidden, cfg.depth, id_dim=refs["id"].shape[1], redraw=stage2.redraw).to(device)
+    e_ut = refs.pop("e_ut")
+    lesion = _lesion_maps(engine, refs, x_train, device) if cfg.lesion_grid else None
+    net = Anonymizer(model.w_dim, cfg.hidden, cfg.depth, id_dim=refs["id"].shape[1], redraw=stage2.redraw,
+                     ut_dim=e_ut.shape[1] if cfg.read_utility else 0,
+                     source="start" if stage2.redraw > 0 else "code",
+                     lesion_grid=cfg.lesion_grid if lesion is not None else 0).to(device)
     net.set_statistics(codes)
     linker = Linker(model.img_channels).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -194,11 +218,15 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
             batch_refs = {k: v[idx.to(v.device)] for k, v in refs.items()}
             batch_refs["sur"] = pool_e[j.to(pool_e.device)]  # the surrogate term is always on here (stage2)
             w_a = anonymize_codes(net, codes[idx.to(codes.device)], pool_w[j.to(pool_w.device)], m, batch_refs["id"],
-                                  engine.split, prior)
+                                  engine.split, prior, e_ut[idx.to(e_ut.device)],
+                                  None if lesion is None else lesion[idx.to(lesion.device)])
             x_a = model.render(w_a, noise_seeds(seeds))
             target = m - stage2.hinge_slack - cfg.extra_slack
             total, parts = engine.objective.evaluate(x_a, batch_refs, margin=target)
             loss = total.mean()
+            if cfg.band is not None:
+                below = (target - cfg.band - parts["cos_id"]).clamp_min(0.0)
+                loss = loss + engine.objective.identity.weight * below.mean()
             if cfg.lambda_adv > 0:
                 x_r = x_train[idx].to(device)
                 # the linker learns on detached outputs; the anonymizer is then scored by the updated linker
@@ -240,8 +268,9 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
             "training_seconds": round(time.time() - t0, 1), "command": "gmia " + " ".join(env["argv"][1:]),
             "environment": env}
     return save_module(net.cpu(), {"w_dim": model.w_dim, "hidden": cfg.hidden, "depth": cfg.depth,
-                                   "id_dim": net.id_dim, "redraw": net.redraw},
-                       out or folder, ANONYMIZER, meta=meta)
+                                   "id_dim": net.id_dim, "ut_dim": net.ut_dim, "redraw": net.redraw,
+                                   "source": net.source, "lesion_grid": net.lesion_grid},
+                       out or folder, ANONYMIZER, meta=meta, dtype=torch.float16)
 
 
 def _kept_epoch(history: list[dict], tolerance: float) -> int:
@@ -265,7 +294,9 @@ def _validate(engine, net, prior, x: torch.Tensor, stage2, device) -> dict:
     x = x.to(device)
     w = engine.model.encode(x)
     refs = engine.objective.references(x, seeds)
-    w_a = anonymize_codes(net, w, surrogate_codes(prior, seeds, device), stage2.margin, refs["id"], engine.split, prior)
+    feats, lesion = utility_views(engine.e_ut, x, reads_lesion(net))
+    w_a = anonymize_codes(net, w, surrogate_codes(prior, seeds, device), stage2.margin, refs["id"], engine.split, prior,
+                          feats, lesion)
     _, anon = engine.objective.evaluate(engine.model.render(w_a, noise_seeds(seeds)), refs, target_margin(stage2))
     _, rec = engine.objective.evaluate(engine.model.render(w, noise_seeds(seeds)), refs, target_margin(stage2))
     out = {"val_private": round(float((anon["cos_id"] <= stage2.margin).float().mean()), 4),

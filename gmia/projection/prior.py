@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from ..checkpoints import read_card, read_verified, write_card
+from ..checkpoints import check_fitted, read_card, read_verified, write_card
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 
@@ -105,6 +105,8 @@ class LatentPrior:
             data = read_verified(folder, PRIOR_NAME, card)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; or {fix}") from None
+        # fitted to the stage-1 model beside it: another generator's codes have other statistics
+        check_fitted(folder, PRIOR_NAME, card, fix)
         shape, images = card["kwargs"].get("shape"), card["kwargs"].get("images", 0)
         try:
             t = load_safetensors(data)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load as load_safetensors
 
 from gmia.anonymization import gate
-from gmia.anonymization.amortized import Anonymizer, anonymize_codes, load_anonymizer
+from gmia.anonymization.amortized import Anonymizer, anonymize_codes, fitted_to, load_anonymizer
 from gmia.anonymization.config import anonymize_config
 from gmia.anonymization.runner import anonymize_dataset
 from gmia.anonymization.train_amortized import AmortizedConfig, train_anonymizer
@@ -18,6 +20,8 @@ from gmia.data.datasets import PhantomFolder
 from gmia.errors import CheckpointError
 
 from tests.conftest import save_tiny_checkpoints
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +46,19 @@ def test_training_writes_a_card_tied_to_the_weights_it_learned_from(trained):
     assert [row["epoch"] for row in card["meta"]["history"]] == [1, 2]
     net = load_anonymizer(trained / "phantom-cxr64", fitted)
     w, w_t, e = torch.randn(3, net.w_dim), torch.randn(3, net.w_dim), torch.randn(3, net.id_dim)
-    s = torch.randn(3, net.w_dim)  # a start code
-    assert net.id_dim == 32 and net(w, w_t, -0.3, e, s).shape == (3, net.w_dim)
-    assert not torch.allclose(net(w, w_t, -0.3, e, s), net(w, w_t, 0.3, e, s))  # the margin is an input
-    assert not torch.allclose(net(w, w_t, -0.3, e, s), net(w, w_t, -0.3, -e, s))  # ... and the source's identity
+    s, u = torch.randn(3, net.w_dim), torch.randn(3, net.ut_dim)  # a start code, E_ut features
+    assert net.id_dim == 32 and net.ut_dim == card["kwargs"]["ut_dim"] > 0
+    assert net(w, w_t, -0.3, e, s, u).shape == (3, net.w_dim)
+    assert not torch.allclose(net(w, w_t, -0.3, e, s, u), net(w, w_t, 0.3, e, s, u))  # the margin is an input
+    assert not torch.allclose(net(w, w_t, -0.3, e, s, u), net(w, w_t, -0.3, -e, s, u))  # ... the source's identity
+    assert not torch.allclose(net(w, w_t, -0.3, e, s, u), net(w, w_t, -0.3, e, s, -u))  # ... and its findings
     with pytest.raises(ValueError, match="e_id"):
-        net(w, w_t, -0.3, start=s)
+        net(w, w_t, -0.3, start=s, e_ut=u)
+    with pytest.raises(ValueError, match="e_ut"):
+        net(w, w_t, -0.3, e, s)
+    stored = load_safetensors((trained / "phantom-cxr64" / "anonymizer.safetensors").read_bytes())
+    stored = {v.dtype for v in stored.values()}
+    assert stored == {torch.float16} and next(net.parameters()).dtype == torch.float32  # shipped half, run in float
 
 
 def test_a_fresh_anonymizer_outputs_its_start():
@@ -59,6 +70,28 @@ def test_a_fresh_anonymizer_outputs_its_start():
     assert torch.allclose(net(w, w_t, 0.0, start=start), start)
     with pytest.raises(ValueError, match="start"):
         net(w, w_t, 0.0)
+    with pytest.raises(ValueError, match="source"):
+        Anonymizer(w_dim=8, hidden=16, source="start")  # there is no start to read without a re-draw
+
+
+def test_a_network_that_reads_the_lesion_map_needs_it_and_uses_it():
+    from gmia.anonymization.amortized import utility_views
+    from gmia.networks import UtilityNet
+
+    net = Anonymizer(w_dim=8, hidden=16, id_dim=4, lesion_grid=2)
+    torch.nn.init.normal_(net.out.weight)  # a trained correction
+    w, w_t, e = torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 4)
+    here, there = torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    here[..., :8, :8], there[..., 8:, 8:] = 1.0, 1.0  # the same lesion, another quadrant
+    assert not torch.allclose(net(w, w_t, 0.0, e, lesion=here), net(w, w_t, 0.0, e, lesion=there))
+    with pytest.raises(ValueError, match="lesion"):
+        net(w, w_t, 0.0, e)
+    e_ut = UtilityNet(in_channels=3, resolution=32, num_findings=2, growth=4, blocks=(2, 2), init_features=8,
+                      feature_dim=16, segment=True).eval()
+    x = torch.rand(3, 3, 32, 32)
+    feats, maps = utility_views(e_ut, x, True)  # one pass of E_ut for both
+    assert torch.allclose(feats, e_ut.features(x), atol=1e-6) and torch.allclose(maps, e_ut.segment(x), atol=1e-6)
+    assert utility_views(e_ut, x, False)[1] is None
 
 
 def test_the_network_starts_where_the_optimizer_does(trained, tiny_checkpoints):
@@ -71,14 +104,18 @@ def test_the_network_starts_where_the_optimizer_does(trained, tiny_checkpoints):
     assert net.redraw == 1.0 == anonymize_config("phantom-cxr64").redraw
     split, prior = LatentSplit.load(folder), LatentPrior.load(folder)
     w, w_t, e = torch.randn(3, net.w_dim), torch.randn(3, net.w_dim), torch.randn(3, net.id_dim)
+    u = torch.randn(3, net.ut_dim)
     start = split.redraw(w, w_t, prior, 1.0)
     with torch.no_grad():
-        w_a = anonymize_codes(net, w, w_t, 0.0, e, split, prior)
+        w_a = anonymize_codes(net, w, w_t, 0.0, e, split, prior, u)
         net.out.weight.zero_(), net.out.bias.zero_()
-        assert torch.allclose(anonymize_codes(net, w, w_t, 0.0, e, split, prior), start)  # correction 0: the start
+        assert torch.allclose(anonymize_codes(net, w, w_t, 0.0, e, split, prior, u), start)  # correction 0: the start
     assert not torch.allclose(w_a, start)  # ... which training moved
+    # it reads the start, not the source's code: what the re-draw took out of w cannot come back through it
+    assert net.source == "start"
+    assert torch.allclose(net(w, w_t, 0.0, e, start, u), net(torch.randn_like(w), w_t, 0.0, e, start, u))
     with pytest.raises(CheckpointError, match="latent-split"):
-        anonymize_codes(net, w, w_t, 0.0, e)
+        anonymize_codes(net, w, w_t, 0.0, e, e_ut=u)
 
 
 def test_a_run_from_another_start_is_refused(tmp_path, trained, phantom_dir):
@@ -142,3 +179,17 @@ def test_the_weights_kept_trade_a_little_privacy_for_utility():
     assert _kept_epoch(history, 0.02) == 2  # epoch 3 is better still, but leaves too many files to the gate
     assert _kept_epoch(history, 0.0) == 1
     assert _kept_epoch([{"epoch": 1}, {"epoch": 2}], 0.02) == 2  # no held-out check: the last epoch
+
+
+@pytest.mark.parametrize("preset", ["phantom-cxr64", "phantom-face64"])
+def test_the_shipped_networks_fit_the_shipped_weights(preset):
+    """`--engine amortized` works out of the box: each phantom preset ships a network trained against its weights,
+    from its re-drawn start, reading the start and both networks' features."""
+    folder = SHIPPED / preset
+    net = load_anonymizer(folder, fitted_to(folder), redraw=anonymize_config(preset).redraw)
+    assert net.source == "start" and net.id_dim > 0 and net.ut_dim > 0
+    assert (net.lesion_grid > 0) == (preset == "phantom-face64")  # the map where E_ut segments
+    meta = read_card(folder, "anonymizer")["meta"]
+    assert meta["config"]["band"] is not None  # trained with the floor
+    kept = meta["history"][meta["kept_epoch"] - 1]
+    assert kept["val_private"] >= 0.7 and kept["val_ut_ratio"] < 0.9  # what the docs report of it

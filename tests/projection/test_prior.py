@@ -74,6 +74,10 @@ def test_fit_prior_records_what_it_was_fitted_to(tmp_path):
     assert card["meta"]["fitted_to"] == {"aegan_sha256": read_card(folder, "aegan")["sha256"]}
     assert card["meta"]["data"] == {"root": str(data), "split": "train", "images": 2} and card["kwargs"]["images"] == 2
     assert LatentPrior.load(folder).sha256 == sha256_file(folder / PRIOR_FILE)
+    card["meta"]["fitted_to"]["aegan_sha256"] = "0" * 64  # as if stage 1 had been retrained since
+    (folder / "latent-prior.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="fitted to other weights .aegan changed since.*gmia fit-prior"):
+        LatentPrior.load(folder)
 
 
 @pytest.mark.parametrize("preset", ["phantom-cxr64", "phantom-face64"])
