@@ -15,7 +15,8 @@ Inputs: the source code w, the record's surrogate code w_T (drawn from the laten
 must move away from (the gate computes it for every image anyway; without it, 15% of the held-out phantom-cxr64
 images came out above the margin instead of 5%), E_ut(x), the findings the output must keep (w is the
 generator's code, not the findings: with E_ut's view as an input the held-out utility distance of phantom-cxr64
-fell from 1.27× to 0.95× the plain reconstruction's after four epochs, at the same privacy), and the margin m.
+fell from 1.27× to 0.95× the plain reconstruction's after four epochs, at the same privacy), where E_ut segments
+(faces) its lesion map on an 8×8 grid (the features say whether there is a lesion, not where), and the margin m.
 The network is trained at the preset's level (m jittered): it learns that one operating point, and its output
 barely depends on m. At another level the gate still decides every file; ``runner.load_engine`` says so.
 
@@ -131,6 +132,7 @@ def utility_views(e_ut, x: torch.Tensor, lesion: bool) -> tuple[torch.Tensor, to
 
 
 def reads_lesion(net: Anonymizer | None) -> bool:
+    """Whether ``net`` (None: no network) reads the source's lesion map, i.e. ``utility_views(..., lesion=True)``."""
     return net is not None and net.lesion_grid > 0
 
 

@@ -50,7 +50,7 @@ class AmortizedConfig:
     batch_size: int = 16
     lr: float = 2e-3                  # decayed to 0 over the run (cosine); gradients clipped to norm clip_norm
     clip_norm: float = 1.0
-    hidden: int = 512                 # 2.8 MB a preset in float16 (the shipped files)
+    hidden: int = 512                 # 3.2 MB a preset in float16 (the shipped files)
     depth: int = 3
     extra_slack: float = 0.05         # the hinge asks for m − hinge_slack − this: the gate passes on the first try
     hinge_weight: float = 4.0         # × the preset's λ_id: one pass has no second chance, so privacy comes first
@@ -101,9 +101,11 @@ def _frozen(*nets) -> None:
 
 
 @torch.no_grad()
-def _prepare(engine, images: torch.Tensor, batch: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Codes E(x) and the unseeded reference features of every image (on ``device``), with E_ut.features(x)
-    under "e_ut" (the network's input, whatever the utility term's form)."""
+def _prepare(engine, images: torch.Tensor, batch: int, device,
+             lesion: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Codes E(x) and the unseeded reference features of every image (on ``device``), with the network's inputs
+    E_ut.features(x) under "e_ut" (whatever the utility term's form) and, with ``lesion``, E_ut's lesion map under
+    "e_ut_lesion"."""
     codes, refs = [], {}
     terms = [t for t in engine.objective.terms if not getattr(t, "seeded", False)]
     for s in range(0, len(images), batch):
@@ -111,7 +113,10 @@ def _prepare(engine, images: torch.Tensor, batch: int, device) -> tuple[torch.Te
         codes.append(engine.model.encode(x))
         for t in terms:
             refs.setdefault(t.name, []).append(t.reference(x))
-        refs.setdefault("e_ut", []).append(engine.e_ut.features(x))
+        feats, maps = utility_views(engine.e_ut, x, lesion)
+        refs.setdefault("e_ut", []).append(feats)
+        if lesion:
+            refs.setdefault("e_ut_lesion", []).append(maps)
     return torch.cat(codes), {k: torch.cat(v) for k, v in refs.items()}
 
 
@@ -125,17 +130,6 @@ def _surrogate_pool(engine, prior, n: int, seed: int, device) -> tuple[torch.Ten
     emb = torch.cat([engine.e_id.embed(engine.model.render(codes[s:s + 64], noise_seeds(salted[s:s + 64])))
                      for s in range(0, n, 64)])
     return codes, emb, seeds
-
-
-def _lesion_maps(engine, refs: dict[str, torch.Tensor], images: torch.Tensor, device) -> torch.Tensor | None:
-    """E_ut's lesion maps of the training images (the lesion term's references when it is on), or None when
-    E_ut does not segment."""
-    if "les" in refs:
-        return refs["les"]
-    if not getattr(engine.e_ut, "has_segmentation", False):
-        return None
-    return torch.cat([utility_views(engine.e_ut, images[s:s + 64].to(device), True)[1]
-                      for s in range(0, len(images), 64)])
 
 
 def _uniform_ce(logits: torch.Tensor) -> torch.Tensor:
@@ -177,7 +171,8 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
         raise InputError(f"{data}: training the anonymizer needs at least {cfg.batch_size} training images, found {n}")
     t0 = time.time()
     x_train = torch.stack([train_ds[i]["image"] for i in range(n)])
-    codes, refs = _prepare(engine, x_train, 64, device)
+    lesion_input = cfg.lesion_grid > 0 and getattr(engine.e_ut, "has_segmentation", False)
+    codes, refs = _prepare(engine, x_train, 64, device, lesion_input)
     try:
         val = opened("val") if splits else None
     except ConfigError:  # a folder without a validation split: no held-out check
@@ -187,12 +182,11 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
     pool_w, pool_e, _ = _surrogate_pool(engine, prior, cfg.surrogates, cfg.seed, device)
     log(None, f"anonymizer: {n} training images, {cfg.surrogates} surrogates prepared in {time.time() - t0:.0f}s")
 
-    e_ut = refs.pop("e_ut")
-    lesion = _lesion_maps(engine, refs, x_train, device) if cfg.lesion_grid else None
+    e_ut, lesion = refs.pop("e_ut"), refs.pop("e_ut_lesion", None)
     net = Anonymizer(model.w_dim, cfg.hidden, cfg.depth, id_dim=refs["id"].shape[1], redraw=stage2.redraw,
                      ut_dim=e_ut.shape[1] if cfg.read_utility else 0,
                      source="start" if stage2.redraw > 0 else "code",
-                     lesion_grid=cfg.lesion_grid if lesion is not None else 0).to(device)
+                     lesion_grid=cfg.lesion_grid if lesion_input else 0).to(device)
     net.set_statistics(codes)
     linker = Linker(model.img_channels).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
