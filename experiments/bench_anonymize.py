@@ -17,8 +17,10 @@ so; the refinement is timed as part of the engine).
   autocast where the hardware has native bf16 (``--fast-precision fp32`` to compare without it).
 * **amortized**: ``gmia anonymize --engine amortized``: E(x), the re-drawn start when the network was trained
   from it, one pass of the preset's anonymizer network (``gmia train anonymizer``) and G; an image whose 8-bit
-  rendering is above the margin goes to the per-image optimizer from the network's code, with a gate retry's
-  headroom, stopping at the hinge (as the runner does). Measured only when the
+  rendering is above the margin gets one first-order step along E_id's gradient (``nudge_codes``), and if still
+  above goes to the per-image optimizer from there, with a gate retry's headroom, stopping at the hinge (as the
+  runner does). E, E_ut, G and the nudge in bf16 where the hardware has it, as the engine runs by default
+  (``--amortized-precision fp32`` to compare without it); E_id's checks in fp32. Measured only when the
   preset's checkpoint folder holds ``anonymizer.*``.
 * **reference**: the published loop, one image at a time: ``torch.optim.Adam([w], lr=0.01, betas=(0, 0.99))``,
   loss = max(0, cos - m) + mean((E_ut(x_A) - E_ut(x_R))^2), fresh random noise every step, stop at the first
@@ -93,9 +95,21 @@ def run_engine(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
 
 def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
     """The amortized engine: E(x), one pass of the anonymizer network, G; an image whose 8-bit rendering is above
-    the margin goes to the per-image optimizer from there (as the runner's gate sends it). Steps: G evaluations."""
-    from gmia.anonymization.amortized import anonymize_codes, fallback_config, reads_lesion, utility_views
+    the margin gets one first-order nudge, and if still above, goes to the per-image optimizer from there (as
+    the runner's gate sends it). E, E_ut, G and the nudge at the config's precision (the runner's), E_id's checks
+    in fp32. Steps: G evaluations."""
+    from gmia.anonymization.amortized import (anonymize_codes, fallback_config, nudge_codes, reads_lesion,
+                                              utility_views)
+    from gmia.anonymization.config import target_margin, use_bf16
     from gmia.anonymization.surrogate import surrogate_codes
+
+    bf16 = use_bf16(cfg.precision, device)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+
+    def above(w, seeds, e_r):  # (rendering, whether its 8-bit rendering is above the margin)
+        with autocast():
+            x_a = engine.model.render(w, noise_seeds(seeds, cfg.noise)).float()
+        return x_a, identity_cosine(engine.e_id.embed((x_a * 255).round() / 255), e_r) > cfg.margin
 
     images, steps, retry = {}, {}, []
     for start in range(0, n, cfg.batch_size):
@@ -106,14 +120,25 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         with torch.no_grad():
             e_r = engine.e_id.embed(x)
             w_t = surrogate_codes(engine.prior, seeds, device)
-            feats, lesion = utility_views(engine.e_ut, x, reads_lesion(engine.anonymizer))
-            w_a = anonymize_codes(engine.anonymizer, engine.model.encode(x), w_t, cfg.margin, e_r, engine.split,
-                                  engine.prior, feats, lesion)
-            x_a = engine.model.render(w_a, noise_seeds(seeds, cfg.noise))
-            cos = identity_cosine(engine.e_id.embed((x_a * 255).round() / 255), e_r)
+            with autocast():
+                w = engine.model.encode(x).float()
+                feats, lesion = (None if v is None else v.float()
+                                 for v in utility_views(engine.e_ut, x, reads_lesion(engine.anonymizer)))
+            w_a = anonymize_codes(engine.anonymizer, w, w_t, cfg.margin, e_r, engine.split, engine.prior, feats,
+                                  lesion)
+            x_a, bad = above(w_a, seeds, e_r)
+        rows = bad.nonzero().flatten()
+        nudged = set(rows.tolist())
+        if nudged:  # the runner's nudge for the refused rows (amortized.nudge_codes), then the gate again
+            sub = [seeds[j] for j in rows.tolist()]
+            with autocast():
+                w_a[rows] = nudge_codes(engine.model, engine.e_id, w_a[rows], e_r[rows],
+                                        noise_seeds(sub, cfg.noise), target_margin(cfg, 1))
+            with torch.no_grad():
+                x_a[rows], bad[rows] = above(w_a[rows], sub, e_r[rows])
         for j, i in enumerate(idx):
-            images[i], steps[i] = x_a[j].cpu(), 1
-            if cos[j] > cfg.margin:
+            images[i], steps[i] = x_a[j].cpu(), 3 if j in nudged else 1  # nudged: its pass, its step, its check
+            if bad[j]:
                 retry.append((i, seeds[j], w_a[j]))
     if retry:  # the runner's fallback optimizer, from the network's code, with a retry's headroom
         fallback = fallback_config(cfg)
@@ -125,7 +150,7 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
             for f in opt.pop_done(opt.step().done):
                 with torch.no_grad():
                     images[f.item.payload] = engine.model.render(f.w[None], noise_seeds([f.item.seed], cfg.noise))[0].cpu()
-                steps[f.item.payload] = 1 + f.steps
+                steps[f.item.payload] += f.steps
     return images, steps
 
 
@@ -234,6 +259,8 @@ def main() -> None:
     p.add_argument("--precision", default=None, choices=PRECISIONS, help="engine precision (default: the preset's)")
     p.add_argument("--fast-precision", default=None, choices=PRECISIONS,
                    help="engine-fast precision (default: the fast profile's, auto-bf16)")
+    p.add_argument("--amortized-precision", default=None, choices=PRECISIONS,
+                   help="amortized engine precision (default: the engine's, auto-bf16)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     args = p.parse_args()
 
@@ -257,7 +284,8 @@ def main() -> None:
     # the fast profile's own objective (no surrogate term), on the same loaded networks
     fast_engine = dataclasses.replace(engine, objective=load_engine(fast, args.checkpoints, device).objective)
     results, kept = {}, {}
-    amortized_cfg = dataclasses.replace(cfg, engine="amortized")
+    amortized_cfg = anonymize_config(args.preset, privacy=None, margin=cfg.margin, batch_size=args.batch_size,
+                                     max_steps=args.max_steps, precision=args.amortized_precision, engine="amortized")
     try:  # the amortized engine: the same networks plus the preset's anonymizer network, when it has one
         amortized = load_engine(amortized_cfg, args.checkpoints, device)
     except Exception as exc:  # noqa: BLE001 - no anonymizer: the table goes without that side

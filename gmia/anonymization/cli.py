@@ -60,7 +60,7 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
                    "(flags still win).")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default=None,
               help="Optimization precision (auto: bf16 on CUDA, fp32 on CPU; auto-bf16: also bf16 on CPUs with "
-                   "native bf16); the privacy gate is always fp32.")
+                   "native bf16); default auto, auto-bf16 with --engine amortized. The privacy gate is always fp32.")
 @click.option("--lambda-mdl", type=float, default=None,
               help="Weight of the MFM/MDL third term (0: off). Needs <preset>/mfm.* and decoupler.* checkpoints.")
 @click.option("--lambda-sem", type=float, default=None, help="MDL term: weight of the semantic-part distance.")

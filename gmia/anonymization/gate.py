@@ -33,12 +33,14 @@ class GateResult:
 @torch.no_grad()
 def write_and_check(model, e_id, w: torch.Tensor, seeds: list[int], refs_id: torch.Tensor, paths: list[Path],
                     bits: list[int], margin: float, noise: str = "per-image",
-                    writers: list[Callable[[torch.Tensor, Path], object]] | None = None) -> list[GateResult]:
+                    writers: list[Callable[[torch.Tensor, Path], object]] | None = None,
+                    bf16: bool = False) -> list[GateResult]:
     """Decode codes ``w`` (n, ...) with their per-image noise, write ``paths`` (PNG, ``bits`` each; or with
     ``writers[i](image, path)``, e.g. a DICOM file with its header), reload them through the same reader as
     any input (``load_image``: Pillow, or ``read_dicom`` for .dcm) and compare E_id of the reloaded pixels with
-    ``refs_id`` (n, D)."""
-    x = model.render(w, noise_seeds(seeds, noise)).cpu()
+    ``refs_id`` (n, D). ``bf16``: G renders under bf16 autocast (the file is what it rendered); the check is fp32."""
+    with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=bf16):
+        x = model.render(w, noise_seeds(seeds, noise)).float().cpu()
     for i, (img, path, b) in enumerate(zip(x, paths, bits)):
         if writers is not None:
             writers[i](img, path)

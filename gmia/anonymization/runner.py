@@ -32,12 +32,12 @@ from ..errors import CheckpointError, ConfigError, GmiaError, InputError
 from ..machine import resolve_device
 from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
-from .amortized import anonymize_codes, fallback_config, reads_lesion, utility_views
+from .amortized import anonymize_codes, fallback_config, nudge_codes, reads_lesion, utility_views
 from .domain import DomainGuard
-from .config import PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin
+from .config import PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin, use_bf16
 from .gate import release, write_and_check
 from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
-from .optimizer import Finished, Item, LatentOptimizer
+from .optimizer import Finished, Item, LatentOptimizer, noise_seeds
 from .outputs import RELEASE_MTIME, RunFolder
 
 __all__ = ["anonymize_dataset", "record_seed", "Engine", "load_engine", "parse_shard", "public_error",
@@ -201,6 +201,12 @@ class _Run:
         self.bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize", disable=not progress,
                         dynamic_ncols=True)
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
+        # the amortized engine's passes in bf16 where the hardware has it (config.AMORTIZED_PRECISION); E_id's
+        # identity checks stay fp32
+        self.bf16 = engine.anonymizer is not None and use_bf16(cfg.precision, torch.device(device))
+
+    def _autocast(self):
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ---- input ---------------------------------------------------------------------------------------------
     def _fill(self, source: Iterator) -> None:
@@ -211,12 +217,14 @@ class _Run:
             if not items:
                 continue
             x = torch.stack(images).to(self.device)
-            codes = self.engine.model.encode(x)  # E(x): what the guard renders, and where the optimization starts
-            # E_ut's view of the inputs: the guard's features score and the amortized network's input, once
-            feats = lesion = None
-            if self.engine.guard is not None or self.engine.anonymizer is not None:
-                feats, lesion = utility_views(self.engine.e_ut, x, reads_lesion(self.engine.anonymizer))
-            keep = self._guard(items, x, codes, feats)
+            with self._autocast():
+                codes = self.engine.model.encode(x).float()  # what the guard renders, and where stage 2 starts
+                # E_ut's view of the inputs: the guard's features score and the amortized network's input, once
+                feats = lesion = None
+                if self.engine.guard is not None or self.engine.anonymizer is not None:
+                    feats, lesion = (None if v is None else v.float() for v in
+                                     utility_views(self.engine.e_ut, x, reads_lesion(self.engine.anonymizer)))
+                keep = self._guard(items, x, codes, feats)
             items, x, codes = [it for it, k in zip(items, keep.tolist()) if k], x[keep], codes[keep]
             if items and self.engine.anonymizer is not None:
                 self._amortized(items, x, codes, feats[keep], None if lesion is None else lesion[keep])
@@ -352,7 +360,9 @@ class _Run:
             functools.partial(self.dicom.write, header=f.item.payload["header"], bits=f.item.payload["bits"])
             for f in ready]
         results = write_and_check(self.engine.model, self.engine.e_id, w, [f.item.seed for f in ready], refs,
-                                  staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise, writers)
+                                  staged, [f.item.payload["bits"] for f in ready], cfg.margin, cfg.noise, writers,
+                                  bf16=self.bf16)
+        refused = []  # network codes the gate refused: one nudge (amortized.nudge_codes), then the gate again
         for f, g in zip(ready, results):
             p = f.item.payload
             if g.passed:
@@ -363,6 +373,9 @@ class _Run:
                 self._count("released")
                 continue
             g.staged.unlink(missing_ok=True)
+            if "source" in p and not p.get("nudged"):
+                refused.append(f)
+                continue
             if "source" in p and len(f.refs) < len(self.engine.objective.terms):
                 # an amortized row: the optimizer needs every reference feature, computed on first refusal
                 f.refs = self.engine.objective.references(p["source"][None], [f.item.seed])
@@ -371,6 +384,23 @@ class _Run:
             reason = f"saved image above the margin after {f.attempt} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
             self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key)
             self._count("withheld")
+        if refused:
+            self._finish(self._nudged(refused))
+
+    def _nudged(self, rows: list[Finished]) -> list[Finished]:
+        """Amortized rows whose file the gate refused, each moved by one first-order step to the cosine a retry
+        asks for (``nudge_codes``); one step more on their count. A row the gate refuses again goes to the
+        optimizer."""
+        t0 = time.perf_counter()
+        seeds = noise_seeds([f.item.seed for f in rows], self.cfg.noise)
+        with self._autocast():
+            w = nudge_codes(self.engine.model, self.engine.e_id, torch.stack([f.w for f in rows]),
+                            torch.cat([f.refs["id"] for f in rows]), seeds, target_margin(self.cfg, 1))
+        share = (time.perf_counter() - t0) / len(rows)
+        for f in rows:
+            f.item.payload["nudged"] = True
+        return [dataclasses.replace(f, w=w[i], steps=f.steps + 1, seconds=f.seconds + share)
+                for i, f in enumerate(rows)]
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:

@@ -59,6 +59,9 @@ class AmortizedConfig:
     # by an attacker that ranks the other way round (two-sided linkability). None: no floor
     band: float | None = 0.15
     lambda_adv: float = 1.0           # weight of the adversarial linker term (0: off)
+    # what the linker matches an output to: "source" (the image it was made from: the own-source threat) or
+    # "both" (that, and another study of the same patient, where the data has one: the same-patient threat)
+    link_to: str = "source"
     linker_lr: float = 1e-3
     temperature: float = 0.1          # of the linker's InfoNCE
     surrogates: int = 2048            # pool of surrogate draws used in training (inference uses each record's own)
@@ -132,6 +135,19 @@ def _surrogate_pool(engine, prior, n: int, seed: int, device) -> tuple[torch.Ten
     return codes, emb, seeds
 
 
+def _other_studies(patients: list) -> list[list[int]]:
+    """For each image, the indices of its patient's other images (its own index when there is none, or when
+    the data names no patients)."""
+    by_patient: dict = {}
+    for i, p in enumerate(patients):
+        by_patient.setdefault(p, []).append(i)
+    return [[j for j in by_patient[p] if j != i] or [i] if p is not None else [i] for i, p in enumerate(patients)]
+
+
+def _pick(options: list[int], gen: torch.Generator) -> int:
+    return options[int(torch.randint(0, len(options), (1,), generator=gen))]
+
+
 def _uniform_ce(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the linker's match distribution to the uniform one: minimal when no source stands out."""
     return -F.log_softmax(logits, dim=1).mean(1)
@@ -170,7 +186,11 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
     if n < cfg.batch_size:
         raise InputError(f"{data}: training the anonymizer needs at least {cfg.batch_size} training images, found {n}")
     t0 = time.time()
-    x_train = torch.stack([train_ds[i]["image"] for i in range(n)])
+    if cfg.link_to not in ("source", "both"):
+        raise ConfigError(f"link_to must be 'source' or 'both', got {cfg.link_to!r}")
+    samples = [train_ds[i] for i in range(n)]
+    x_train = torch.stack([sample["image"] for sample in samples])
+    studies = _other_studies([sample.get("patient") for sample in samples])
     lesion_input = cfg.lesion_grid > 0 and getattr(engine.e_ut, "has_segmentation", False)
     codes, refs = _prepare(engine, x_train, 64, device, lesion_input)
     try:
@@ -222,20 +242,28 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
                 below = (target - cfg.band - parts["cos_id"]).clamp_min(0.0)
                 loss = loss + engine.objective.identity.weight * below.mean()
             if cfg.lambda_adv > 0:
-                x_r = x_train[idx].to(device)
+                # the images an output must not be matched to: its source, and another study of its patient
+                targets = [x_train[idx]]
+                if cfg.link_to == "both":
+                    targets.append(x_train[[_pick(studies[i], gen) for i in idx.tolist()]])
+                targets = [t.to(device) for t in targets]
                 # the linker learns on detached outputs; the anonymizer is then scored by the updated linker
                 linker.requires_grad_(True)
-                logits = linker(x_a.detach()) @ linker(x_r).T / cfg.temperature
-                link_loss = F.cross_entropy(logits, torch.arange(b, device=device))
+                e_a = linker(x_a.detach())
+                link_loss = sum(F.cross_entropy(e_a @ linker(t).T / cfg.temperature, torch.arange(b, device=device))
+                                for t in targets)
                 opt_link.zero_grad(set_to_none=True)
                 link_loss.backward()
                 opt_link.step()
                 linker.requires_grad_(False)
-                with torch.no_grad():
-                    e_r = linker(x_r)
-                logits = linker(x_a) @ e_r.T / cfg.temperature
-                loss = loss + cfg.lambda_adv * _uniform_ce(logits).mean()
-                sums["link_acc"] += float((logits.argmax(1) == torch.arange(b, device=device)).float().mean())
+                e_a = linker(x_a)
+                for name, t in zip(("link_acc", "link_acc_patient"), targets):
+                    with torch.no_grad():
+                        e_r = linker(t)
+                    logits = e_a @ e_r.T / cfg.temperature
+                    loss = loss + cfg.lambda_adv / len(targets) * _uniform_ce(logits).mean()
+                    hits = float((logits.argmax(1) == torch.arange(b, device=device)).float().mean())
+                    sums[name] = sums.get(name, 0.0) + hits
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_norm)

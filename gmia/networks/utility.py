@@ -24,14 +24,43 @@ __all__ = ["UtilityNet"]
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+class _FastELU(torch.autograd.Function):
+    """ELU as max(x, exp(min(x, 0)) - 1), equal to ``F.elu`` within 1e-7 (exp(x) - 1 stands in for expm1(x)), with
+    torch's own ELU backward (from the output). Why: on the CPU, torch's ELU forward runs an unvectorised expm1 on
+    negative inputs: 32 ms for a (32, 96, 32, 32) map of N(0, 1) values against 5 ms for this. It was 68% of this
+    network's inference time on the phantom test images: 16 ms an image (batch 32, one thread), with this 7 ms.
+    (Left to autograd, the max/exp/clamp chain's backward costs 73 ms.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.maximum(x, torch.exp(torch.clamp(x, max=0.0)) - 1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, y)  # alpha, scale, input_scale, is_result
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """``F.elu(x)`` (alpha 1), faster on the CPU (``_FastELU``)."""
+    return _FastELU.apply(x)
+
+
+class _ELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return elu(x)
+
+
 class _DenseLayer(nn.Module):
     """BN-ELU-conv1x1(bn_size·growth)-BN-ELU-conv3x3(growth), concatenated to its input."""
 
     def __init__(self, cin: int, growth: int, bn_size: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.ELU(), nn.Conv2d(cin, bn_size * growth, 1, bias=False),
-            nn.BatchNorm2d(bn_size * growth), nn.ELU(), nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cin), _ELU(), nn.Conv2d(cin, bn_size * growth, 1, bias=False),
+            nn.BatchNorm2d(bn_size * growth), _ELU(), nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False),
         )
 
     def forward(self, x):
@@ -39,7 +68,7 @@ class _DenseLayer(nn.Module):
 
 
 def _transition(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(cin), nn.ELU(), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
+    return nn.Sequential(nn.BatchNorm2d(cin), _ELU(), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
 
 
 class UtilityNet(FrozenNet):
@@ -77,11 +106,11 @@ class UtilityNet(FrozenNet):
             self.register_buffer("_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if stem == "small":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, init_features, 3, 1, 1, bias=False),
-                                      nn.BatchNorm2d(init_features), nn.ELU())
+                                      nn.BatchNorm2d(init_features), _ELU())
             self.pool0 = nn.AvgPool2d(2)
         elif stem == "imagenet":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, init_features, 7, 2, 3, bias=False),
-                                      nn.BatchNorm2d(init_features), nn.ELU())
+                                      nn.BatchNorm2d(init_features), _ELU())
             self.pool0 = nn.MaxPool2d(3, 2, 1)
         else:
             raise ValueError(f"unknown stem {stem!r}; valid: small, imagenet")
@@ -100,7 +129,7 @@ class UtilityNet(FrozenNet):
         self.fc1 = nn.Linear(feature_dim, num_findings)
         if segment:
             self.lateral = nn.ModuleList([nn.Conv2d(s, decoder_width, 1) for s in skips])
-            self.seg_out = nn.Sequential(nn.Conv2d(decoder_width, decoder_width, 3, 1, 1), nn.ELU(),
+            self.seg_out = nn.Sequential(nn.Conv2d(decoder_width, decoder_width, 3, 1, 1), _ELU(),
                                          nn.Conv2d(decoder_width, 1, 1))
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -123,7 +152,7 @@ class UtilityNet(FrozenNet):
 
     def _features(self, maps: list[torch.Tensor]) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(F.relu(maps[-1]), 1).flatten(1)  # (N, C)
-        return F.elu(self.fc0(pooled))
+        return elu(self.fc0(pooled))
 
     def _mask_logits(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Top-down decoder: lateral 1x1 convs, upsample-and-add from coarse to fine, at the stem's size."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -150,14 +151,67 @@ def _refusing_gate(monkeypatch, times: int) -> None:
     monkeypatch.setattr("gmia.anonymization.runner.write_and_check", refuse)
 
 
-def test_a_file_the_network_cannot_fix_goes_to_the_optimizer(tmp_path, trained, phantom_dir, monkeypatch):
-    _refusing_gate(monkeypatch, times=1)
+def test_the_engine_runs_in_bf16_where_it_can_and_checks_in_fp32(tmp_path, trained, phantom_dir):
+    assert anonymize_config("phantom-cxr64", engine="amortized").precision == "auto-bf16"
+    assert anonymize_config("phantom-cxr64", engine="amortized", precision="fp32").precision == "fp32"
+    assert anonymize_config("phantom-cxr64").precision == "auto"  # the optimizer: fp32 on a CPU
+    out = tmp_path / "anon"
+    summary = anonymize_dataset(_cfg(precision="bf16"), PhantomFolder(phantom_dir), out, checkpoints=trained,
+                                progress=False, limit=4, write_linkage=True)
+    assert summary["released"] == 4
+    # the gate's cosine is E_id's fp32 view of the file as saved against the source's
+    from gmia.anonymization.losses import identity_cosine
+    from gmia.anonymization.runner import load_engine
+    from gmia.data.preprocess import load_image
+
+    engine = load_engine(_cfg(), trained)
+    ds = PhantomFolder(phantom_dir)
+    sources = {ds.keys()[i]: ds[i]["image"] for i in range(len(ds))}
+    link = dict(line.split(",") for line in (out / "private" / "linkage.csv").read_text().splitlines()[1:])
+    rows = [json.loads(s) for s in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        source = next(k for k, p in link.items() if p == row["pseudonym"])
+        with torch.no_grad():
+            cos = identity_cosine(engine.e_id.embed(load_image(out / row["image"], channels=1)[None]),
+                                  engine.e_id.embed(sources[source][None]))
+        assert abs(float(cos) - row["cos_id_saved"]) < 1e-4
+
+
+@pytest.mark.parametrize("refusals", [1, 2])
+def test_a_refused_file_is_nudged_then_optimized(tmp_path, trained, phantom_dir, monkeypatch, refusals):
+    """Refused once: one nudge and the gate again. Refused twice: the optimizer, from the nudged code."""
+    _refusing_gate(monkeypatch, times=refusals)
     out = tmp_path / "anon"
     summary = anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), out, checkpoints=trained, progress=False, limit=3)
     rows = [json.loads(s) for s in (out / "manifest.jsonl").read_text().splitlines()]
     assert summary["released"] == 3
-    assert all(r["attempts"] == 2 and r["steps"] >= 1 for r in rows)  # the optimizer ran on the second attempt
-    assert all(r["utility"] is not None for r in rows)  # ... with every reference feature
+    if refusals == 1:
+        assert all(r["attempts"] == 1 and r["steps"] == 1 for r in rows)  # the nudge, no optimizer
+    else:
+        assert all(r["attempts"] == 2 and r["steps"] >= 2 for r in rows)  # the optimizer ran on the second attempt
+        assert all(r["utility"] is not None for r in rows)  # ... with every reference feature
+
+
+def test_the_nudge_moves_only_the_rows_above_the_target(tiny_checkpoints, phantom_dir):
+    from gmia.anonymization.amortized import nudge_codes
+    from gmia.anonymization.losses import identity_cosine
+    from gmia.anonymization.runner import load_engine
+
+    engine = load_engine(anonymize_config("phantom-cxr64"), tiny_checkpoints)
+    ds = PhantomFolder(phantom_dir)
+    x = torch.stack([ds[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        ref, w = engine.e_id.embed(x), engine.model.encode(x)
+        cos = identity_cosine(engine.e_id.embed(engine.model.render(w, [1, 2, 3, 4])), ref)
+    target = float(cos.sort().values[1])  # two rows above it, one at it, one below
+    moved = nudge_codes(engine.model, engine.e_id, w, ref, [1, 2, 3, 4], target)
+    with torch.no_grad():
+        after = identity_cosine(engine.e_id.embed(engine.model.render(moved, [1, 2, 3, 4])), ref)
+    above = cos > target
+    assert torch.equal(moved[~above], w[~above])  # at or below the target: untouched
+    assert (after[above] < cos[above]).all()  # above it: the cosine went down ...
+    assert ((after[above] - target).abs() < (cos[above] - target)).all()  # ... towards the target
 
 
 def test_an_anonymizer_trained_for_other_weights_is_refused(tmp_path, trained, phantom_dir):
@@ -169,6 +223,22 @@ def test_an_anonymizer_trained_for_other_weights_is_refused(tmp_path, trained, p
     with pytest.raises(CheckpointError, match="gmia train anonymizer"):
         anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), tmp_path / "out2",
                           checkpoints=save_tiny_checkpoints(tmp_path / "bare"), progress=False)
+
+
+def test_the_linker_can_match_to_another_study_of_the_patient(tiny_checkpoints, phantom_dir, tmp_path):
+    from gmia.anonymization.train_amortized import _other_studies
+
+    assert _other_studies(["a", "b", "a", None, "a"]) == [[2, 4], [1], [0, 4], [3], [0, 2]]
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints / "phantom-cxr64", root / "phantom-cxr64")
+    cfg = AmortizedConfig(epochs=1, batch_size=4, surrogates=8, hidden=16, seed=3, link_to="both", limit=8)
+    meta = read_card(train_anonymizer("phantom-cxr64", phantom_dir, root, cfg, device="cpu", progress=False).parent,
+                     "anonymizer")["meta"]
+    assert meta["config"]["link_to"] == "both"
+    assert {"link_acc", "link_acc_patient"} <= set(meta["history"][0])
+    with pytest.raises(Exception, match="link_to"):
+        train_anonymizer("phantom-cxr64", phantom_dir, root, dataclasses.replace(cfg, link_to="study"), device="cpu",
+                         progress=False)
 
 
 def test_the_weights_kept_trade_a_little_privacy_for_utility():

@@ -100,3 +100,18 @@ def test_reference_scale_identity_network():
         net = IdentityNet(resolution=256, widths=(64, 128, 256, 512), blocks=(3, 4, 14, 3), stem_width=64)
     assert net.fc.in_features == 512 * 16 * 16
     assert 97e6 < sum(p.numel() for p in net.parameters()) < 99e6
+
+
+def test_the_utility_networks_elu_is_torchs():
+    """E_ut's faster ELU gives F.elu's values and gradients (on both sides of 0 and at 0)."""
+    import torch.nn.functional as F
+
+    from gmia.networks.utility import elu
+
+    x = torch.cat([torch.randn(4096) * 3, torch.tensor([0.0, -1e-8, 1e-8, -30.0, 30.0])]).requires_grad_(True)
+    ours, theirs = elu(x), F.elu(x)
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-6)
+    g = torch.randn_like(x)
+    (ga,) = torch.autograd.grad(ours, x, g)
+    (gb,) = torch.autograd.grad(theirs, x, g)
+    assert torch.allclose(ga, gb, atol=1e-6, rtol=1e-6)
