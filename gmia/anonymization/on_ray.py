@@ -11,7 +11,7 @@ rename). It sends the rows back instead of writing the journal; the driver journ
 So the guarantees of a single process hold: a record is done once its journal line is written, which happens
 after its image is in place; a killed actor's batch is retried by Ray; a killed driver is resumed with
 ``--resume`` and redoes only the records without a line (same name: everything a record needs derives from its
-key). A task is one block of the run's schedule (``runner.schedule``), so each record is optimized beside the
+key), replaying the done records of a partly done block without writing them (``runner.schedule``). A task is one block of the run's schedule (``runner.schedule``), so each record is optimized beside the
 same records as in one process, and the released pixels are the same (same batch size, device kind and threads
 per process).
 
@@ -92,6 +92,8 @@ def run_on_ray(cfg, dataset, folder, blocks: list[list[tuple[int, str, str]]], *
         raise ConfigError("--ray needs Ray Data: pip install 'gmia[ray]' (or pip install 'ray[data]')") from None
     from tqdm import tqdm
 
+    from .runner import fresh
+
     local = address in (None, "local")
     threads = threads or (max(1, (os.cpu_count() or 1) // max(actors, 1)) if local else 1)  # per actor
     started = not ray.is_initialized()
@@ -116,7 +118,7 @@ def run_on_ray(cfg, dataset, folder, blocks: list[list[tuple[int, str, str]]], *
                                        device=device, dicom=dicom, threads=threads,
                                        allow_out_of_domain=allow_out_of_domain),
             max_restarts=-1, max_task_retries=-1)  # a killed actor comes back, its batch reruns
-        bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize (ray)", disable=not progress,
+        bar = tqdm(total=fresh(blocks), unit="img", desc="anonymize (ray)", disable=not progress,
                    dynamic_ncols=True)
         for batch in results.iter_rows():
             row = json.loads(batch["row"])

@@ -172,16 +172,24 @@ def check_input(x: torch.Tensor, geometry, expected: tuple[int, int, int], path,
 # batch-mates depend on the record list alone. That matters because the CPU and GPU kernels round a row
 # differently in another batch, and the optimizer's sign-like Adam steps (beta1 = 0) grow those last bits
 # into visibly different images; with the same batch-mates a row's pixels are the same in one process,
-# on any number of Ray actors, and in a resumed run (for a block none of which was done).
+# on any number of Ray actors, and in a resumed run.
 BLOCK_BATCHES = 4
 
 
 def schedule(records: list[tuple[int, str, str]], batch_size: int, done=frozenset()) -> list[list[tuple]]:
     """``records`` (index, key, pseudonym) of the whole run in blocks of BLOCK_BATCHES x ``batch_size``
-    consecutive records, leaving out the pseudonyms in ``done``; empty blocks are dropped."""
+    consecutive records, each record as (index, key, pseudonym, replay). A block whose records are all in
+    ``done`` (pseudonyms) is dropped; in a block that was partly done when a run was killed, the done records
+    come back with replay True: they are anonymized again, beside the same batch-mates as the first time, so
+    that the others get the same pixels as in an uninterrupted run, and nothing of theirs is written again."""
     size = BLOCK_BATCHES * batch_size
-    blocks = [[r for r in records[b:b + size] if r[2] not in done] for b in range(0, len(records), size)]
-    return [b for b in blocks if b]
+    blocks = [[(*r, r[2] in done) for r in records[b:b + size]] for b in range(0, len(records), size)]
+    return [b for b in blocks if not all(r[3] for r in b)]
+
+
+def fresh(blocks: list[list[tuple]]) -> int:
+    """The records of ``blocks`` (``schedule``) that are not replays: the ones this run will journal."""
+    return sum(not r[3] for b in blocks for r in b)
 
 
 class _Run:
@@ -198,7 +206,7 @@ class _Run:
         self.opt = LatentOptimizer(engine.model, engine.objective,
                                    cfg if engine.anonymizer is None else fallback_config(cfg))
         self.counts = {"released": 0, "withheld": 0, "error": 0}
-        self.bar = tqdm(total=sum(map(len, blocks)), unit="img", desc="anonymize", disable=not progress,
+        self.bar = tqdm(total=fresh(blocks), unit="img", desc="anonymize", disable=not progress,
                         dynamic_ncols=True)
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
         # the amortized engine's passes in bf16 where the hardware has it (config.AMORTIZED_PRECISION); E_id's
@@ -268,21 +276,21 @@ class _Run:
             nxt = next(source, None)
             if nxt is None:
                 return items, images, True
-            index, key, pseudonym = nxt
+            index, key, pseudonym, replay = nxt
             try:
                 sample = self.dataset[index]
                 x = sample["image"]
                 check_input(x, sample["geometry"], self.expected, self.dataset.path_of(index), self.cfg.preset)
             except (GmiaError, OSError, ValueError, RuntimeError) as exc:
-                self._error(index, key, pseudonym, exc)
+                self._error(index, key, pseudonym, exc, replay)
                 continue
             try:
                 header, bits = self._output(index, key, sample)
             except GmiaError as exc:
-                self._error(index, key, pseudonym, exc)
+                self._error(index, key, pseudonym, exc, replay)
                 continue
             payload = {"pseudonym": pseudonym, "labels": [float(v) for v in sample["labels"]], "bits": bits,
-                       "header": header}
+                       "header": header, "replay": replay}
             items.append(Item(key=key, seed=record_seed(key, self.cfg.seed), payload=payload))
             images.append(x)
         return items, images, False
@@ -304,8 +312,7 @@ class _Run:
                     item.payload["out_of_domain"] = guard.describe(scores, i)
                 else:
                     unstarted = Finished(item, None, False, math.nan, math.nan, math.nan, math.nan, 0, 0.0)
-                    self.folder.record(self._row(unstarted, "withheld", None, "out_of_domain"), item.key)
-                    self._count("withheld")
+                    self._record(item, self._row(unstarted, "withheld", None, "out_of_domain"))
         return (ok | self.allow_out_of_domain).to(x.device)
 
     def _output(self, index: int, key: str, sample: dict) -> tuple[object, int]:
@@ -317,12 +324,21 @@ class _Run:
         return header, self.cfg.output_bits or bits
 
     # ---- output --------------------------------------------------------------------------------------------
-    def _error(self, index: int, key: str, pseudonym: str, exc: Exception) -> None:
+    def _error(self, index: int, key: str, pseudonym: str, exc: Exception, replay: bool = False) -> None:
+        if replay:  # journaled by the run that did it first
+            return
         path = str(self.dataset.path_of(index))
         text = f"{type(exc).__name__}: {exc}"
         row = {"pseudonym": pseudonym, "status": "error", "error": public_error(exc)}
         self.folder.record(row, source_key=key, error=f"{path}: {text}")
         self._count("error")
+
+    def _record(self, item: Item, row: dict) -> None:
+        """Journal a finished record and count it; a replayed one (``schedule``) is already in the journal."""
+        if item.payload.get("replay"):
+            return
+        self.folder.record(row, item.key)
+        self._count(row["status"])
 
     def _count(self, status: str) -> None:
         self.counts[status] += 1
@@ -347,8 +363,7 @@ class _Run:
             if not f.private:
                 reason = (f"not private after {f.steps} steps: cos_id {f.cos_id:.4f} > "
                           f"m - slack = {target_margin(cfg, f.attempt):.4f}")
-                self.folder.record(self._row(f, "withheld", None, reason), f.item.key)
-                self._count("withheld")
+                self._record(f.item, self._row(f, "withheld", None, reason))
         ready = [f for f in finished if f.private]
         if not ready:
             return
@@ -365,12 +380,13 @@ class _Run:
         refused = []  # network codes the gate refused: one nudge (amortized.nudge_codes), then the gate again
         for f, g in zip(ready, results):
             p = f.item.payload
+            if g.passed and p.get("replay"):  # its released file is in place already
+                g.staged.unlink(missing_ok=True)
+                continue
             if g.passed:
                 final = self.folder.image_path(p["pseudonym"], suffix)
                 release(g.staged, final, RELEASE_MTIME)
-                self.folder.record({**self._row(f, "released", g.cos_saved, None), "image": f"images/{final.name}"},
-                                   f.item.key)
-                self._count("released")
+                self._record(f.item, {**self._row(f, "released", g.cos_saved, None), "image": f"images/{final.name}"})
                 continue
             g.staged.unlink(missing_ok=True)
             if "source" in p and not p.get("nudged"):
@@ -382,8 +398,7 @@ class _Run:
             if self.opt.retry(f):  # back into the batch, asking for more headroom
                 continue
             reason = f"saved image above the margin after {f.attempt} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
-            self.folder.record(self._row(f, "withheld", g.cos_saved, reason), f.item.key)
-            self._count("withheld")
+            self._record(f.item, self._row(f, "withheld", g.cos_saved, reason))
         if refused:
             self._finish(self._nudged(refused))
 

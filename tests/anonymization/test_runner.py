@@ -13,7 +13,7 @@ from gmia.anonymization import anonymize_config, anonymize_dataset
 from gmia.anonymization import runner as runner_module
 from gmia.anonymization.optimizer import LatentOptimizer
 from gmia.anonymization.outputs import RunFolder
-from gmia.anonymization.runner import schedule
+from gmia.anonymization.runner import fresh, schedule
 from gmia.cli import cli
 from gmia.data.datasets import PhantomFolder
 from gmia.errors import ConfigError
@@ -169,10 +169,13 @@ def test_outputs_do_not_depend_on_batch_size_or_shard(tmp_path, tiny_checkpoints
 def test_schedule_cuts_the_whole_run_into_blocks_of_four_batches():
     records = [(i, f"k{i}", f"p{i}") for i in range(19)]
     blocks = schedule(records, batch_size=2)
-    assert [len(b) for b in blocks] == [8, 8, 3] and sum(blocks, []) == records
-    # a resumed run keeps the blocks of the whole list: only its done records drop out, never a boundary moves
+    assert [len(b) for b in blocks] == [8, 8, 3] and sum(blocks, []) == [(*r, False) for r in records]
+    # a resumed run keeps the blocks of the whole list, never a boundary moves: a block all done drops out, a
+    # block partly done comes back whole, its done records marked as replays (anonymized again, not journaled)
     resumed = schedule(records, batch_size=2, done={"p0", "p9", "p16", "p17", "p18"})
-    assert resumed == [records[1:8], records[8:9] + records[10:16]]
+    assert resumed == [[(*r, r[2] in {"p0", "p9"}) for r in records[:8]],
+                       [(*r, r[2] == "p9") for r in records[8:16]]]
+    assert fresh(resumed) == 14
 
 
 def test_a_batch_only_ever_holds_records_of_one_block(tmp_path, tiny_checkpoints, phantom_dir, monkeypatch):
