@@ -100,14 +100,13 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
     in fp32. Steps: G evaluations."""
     from gmia.anonymization.amortized import (anonymize_codes, fallback_config, nudge_codes, reads_lesion,
                                               utility_views)
-    from gmia.anonymization.config import target_margin, use_bf16
+    from gmia.anonymization.config import bf16_autocast, target_margin, use_bf16
     from gmia.anonymization.surrogate import surrogate_codes
 
     bf16 = use_bf16(cfg.precision, device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def above(w, seeds, e_r):  # (rendering, whether its 8-bit rendering is above the margin)
-        with autocast():
+        with bf16_autocast(device, bf16):
             x_a = engine.model.render(w, noise_seeds(seeds, cfg.noise)).float()
         return x_a, identity_cosine(engine.e_id.embed((x_a * 255).round() / 255), e_r) > cfg.margin
 
@@ -120,7 +119,7 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         with torch.no_grad():
             e_r = engine.e_id.embed(x)
             w_t = surrogate_codes(engine.prior, seeds, device)
-            with autocast():
+            with bf16_autocast(device, bf16):
                 w = engine.model.encode(x).float()
                 feats, lesion = (None if v is None else v.float()
                                  for v in utility_views(engine.e_ut, x, reads_lesion(engine.anonymizer)))
@@ -131,7 +130,7 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
         nudged = set(rows.tolist())
         if nudged:  # the runner's nudge for the refused rows (amortized.nudge_codes), then the gate again
             sub = [seeds[j] for j in rows.tolist()]
-            with autocast():
+            with bf16_autocast(device, bf16):
                 w_a[rows] = nudge_codes(engine.model, engine.e_id, w_a[rows], e_r[rows],
                                         noise_seeds(sub, cfg.noise), target_margin(cfg, 1))
             with torch.no_grad():

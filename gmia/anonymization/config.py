@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..fileio import jsonable
 
 __all__ = ["AnonymizeConfig", "PRESETS", "SPEED_PROFILES", "UTILITY_FORMS", "NOISE_MODES", "ENGINES",
-           "anonymize_config", "use_bf16"]
+           "anonymize_config", "use_bf16", "bf16_autocast"]
 
 UTILITY_FORMS = ("l2", "mse", "findings")
 NOISE_MODES = ("per-image", "const")
@@ -234,3 +234,10 @@ def use_bf16(precision: str, device) -> bool:
     if precision == "auto-bf16":
         return kind == "cuda" or (kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def bf16_autocast(device, enabled: bool):
+    """bf16 autocast on ``device``'s kind when ``enabled`` (``use_bf16``), else a context that changes nothing."""
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)

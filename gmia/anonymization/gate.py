@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.preprocess import load_image, save_image
+from .config import bf16_autocast
 from .losses import identity_cosine
 from .optimizer import noise_seeds
 
@@ -39,7 +40,7 @@ def write_and_check(model, e_id, w: torch.Tensor, seeds: list[int], refs_id: tor
     ``writers[i](image, path)``, e.g. a DICOM file with its header), reload them through the same reader as
     any input (``load_image``: Pillow, or ``read_dicom`` for .dcm) and compare E_id of the reloaded pixels with
     ``refs_id`` (n, D). ``bf16``: G renders under bf16 autocast (the file is what it rendered); the check is fp32."""
-    with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with bf16_autocast(w.device, bf16):
         x = model.render(w, noise_seeds(seeds, noise)).float().cpu()
     for i, (img, path, b) in enumerate(zip(x, paths, bits)):
         if writers is not None:

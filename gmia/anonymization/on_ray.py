@@ -11,9 +11,9 @@ rename). It sends the rows back instead of writing the journal; the driver journ
 So the guarantees of a single process hold: a record is done once its journal line is written, which happens
 after its image is in place; a killed actor's batch is retried by Ray; a killed driver is resumed with
 ``--resume`` and redoes only the records without a line (same name: everything a record needs derives from its
-key), replaying the done records of a partly done block without writing them (``runner.schedule``). A task is one block of the run's schedule (``runner.schedule``), so each record is optimized beside the
-same records as in one process, and the released pixels are the same (same batch size, device kind and threads
-per process).
+key; the done records of a partly done block are replayed, not written). A task is one block of the run's
+schedule (``runner.schedule``), so each record is optimized beside the same records as in one process, and the
+released pixels are the same (same batch size, device kind and threads per process).
 
 Ray is an extra: ``pip install 'gmia[ray]'``.
 """

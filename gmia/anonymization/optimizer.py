@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import AnonymizeConfig, target_margin, use_bf16
+from .config import AnonymizeConfig, bf16_autocast, target_margin, use_bf16
 from .losses import Objective
 
 __all__ = ["Item", "Finished", "StepResult", "LatentOptimizer", "noise_seeds"]
@@ -73,8 +73,7 @@ class LatentOptimizer:
     def __init__(self, model, objective: Objective, cfg: AnonymizeConfig):
         self.model, self.objective, self.cfg = model, objective, cfg
         self.device = next(model.parameters()).device
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16,
-                             enabled=use_bf16(cfg.precision, self.device))
+        self.bf16 = use_bf16(cfg.precision, self.device)
         self.items: list[Item] = []
         self._rows: dict[str, torch.Tensor] = {}
 
@@ -135,7 +134,7 @@ class LatentOptimizer:
         t0 = time.perf_counter()
         w = r["w"].detach().requires_grad_(True)
         refs = {k[4:]: v for k, v in r.items() if k.startswith("ref/")}
-        with torch.autocast(**self.autocast):
+        with bf16_autocast(self.device, self.bf16):
             x_a = self.model.render(w, noise_seeds([it.seed for it in self.items], cfg.noise))
             goals = r["best_private"] | (r["steps"] < cfg.goal_steps)  # the hinge first (surrogate.py)
             total, parts = self.objective.evaluate(x_a, refs, margin=r["target"], goals=goals)

@@ -34,7 +34,8 @@ from ..projection.project import load_aegan, project_codes
 from ..runs import environment, log
 from .amortized import anonymize_codes, fallback_config, nudge_codes, reads_lesion, utility_views
 from .domain import DomainGuard
-from .config import PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, config_dict, target_margin, use_bf16
+from .config import (PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, bf16_autocast, config_dict,
+                     target_margin, use_bf16)
 from .gate import release, write_and_check
 from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer, noise_seeds
@@ -211,10 +212,7 @@ class _Run:
         self.expected = (engine.model.img_channels, engine.model.img_resolution, engine.model.img_resolution)
         # the amortized engine's passes in bf16 where the hardware has it (config.AMORTIZED_PRECISION); E_id's
         # identity checks stay fp32
-        self.bf16 = engine.anonymizer is not None and use_bf16(cfg.precision, torch.device(device))
-
-    def _autocast(self):
-        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16)
+        self.bf16 = engine.anonymizer is not None and use_bf16(cfg.precision, device)
 
     # ---- input ---------------------------------------------------------------------------------------------
     def _fill(self, source: Iterator) -> None:
@@ -225,7 +223,7 @@ class _Run:
             if not items:
                 continue
             x = torch.stack(images).to(self.device)
-            with self._autocast():
+            with bf16_autocast(self.device, self.bf16):
                 codes = self.engine.model.encode(x).float()  # what the guard renders, and where stage 2 starts
                 # E_ut's view of the inputs: the guard's features score and the amortized network's input, once
                 feats = lesion = None
@@ -312,7 +310,8 @@ class _Run:
                     item.payload["out_of_domain"] = guard.describe(scores, i)
                 else:
                     unstarted = Finished(item, None, False, math.nan, math.nan, math.nan, math.nan, 0, 0.0)
-                    self._record(item, self._row(unstarted, "withheld", None, "out_of_domain"))
+                    self._record(item.key, self._row(unstarted, "withheld", None, "out_of_domain"),
+                                 item.payload["replay"])
         return (ok | self.allow_out_of_domain).to(x.device)
 
     def _output(self, index: int, key: str, sample: dict) -> tuple[object, int]:
@@ -324,20 +323,16 @@ class _Run:
         return header, self.cfg.output_bits or bits
 
     # ---- output --------------------------------------------------------------------------------------------
-    def _error(self, index: int, key: str, pseudonym: str, exc: Exception, replay: bool = False) -> None:
-        if replay:  # journaled by the run that did it first
-            return
-        path = str(self.dataset.path_of(index))
-        text = f"{type(exc).__name__}: {exc}"
+    def _error(self, index: int, key: str, pseudonym: str, exc: Exception, replay: bool) -> None:
         row = {"pseudonym": pseudonym, "status": "error", "error": public_error(exc)}
-        self.folder.record(row, source_key=key, error=f"{path}: {text}")
-        self._count("error")
+        self._record(key, row, replay, error=f"{self.dataset.path_of(index)}: {type(exc).__name__}: {exc}")
 
-    def _record(self, item: Item, row: dict) -> None:
-        """Journal a finished record and count it; a replayed one (``schedule``) is already in the journal."""
-        if item.payload.get("replay"):
+    def _record(self, key: str, row: dict, replay: bool, error: str | None = None) -> None:
+        """Journal a finished record (``error``: the private reason of an error row) and count it; a replayed
+        one (``schedule``) is in the journal already."""
+        if replay:
             return
-        self.folder.record(row, item.key)
+        self.folder.record(row, source_key=key, error=error)
         self._count(row["status"])
 
     def _count(self, status: str) -> None:
@@ -363,7 +358,7 @@ class _Run:
             if not f.private:
                 reason = (f"not private after {f.steps} steps: cos_id {f.cos_id:.4f} > "
                           f"m - slack = {target_margin(cfg, f.attempt):.4f}")
-                self._record(f.item, self._row(f, "withheld", None, reason))
+                self._record(f.item.key, self._row(f, "withheld", None, reason), f.item.payload["replay"])
         ready = [f for f in finished if f.private]
         if not ready:
             return
@@ -380,13 +375,14 @@ class _Run:
         refused = []  # network codes the gate refused: one nudge (amortized.nudge_codes), then the gate again
         for f, g in zip(ready, results):
             p = f.item.payload
-            if g.passed and p.get("replay"):  # its released file is in place already
+            if g.passed and p["replay"]:  # its released file is in place already
                 g.staged.unlink(missing_ok=True)
                 continue
             if g.passed:
                 final = self.folder.image_path(p["pseudonym"], suffix)
                 release(g.staged, final, RELEASE_MTIME)
-                self._record(f.item, {**self._row(f, "released", g.cos_saved, None), "image": f"images/{final.name}"})
+                self._record(f.item.key, {**self._row(f, "released", g.cos_saved, None),
+                                          "image": f"images/{final.name}"}, p["replay"])
                 continue
             g.staged.unlink(missing_ok=True)
             if "source" in p and not p.get("nudged"):
@@ -398,7 +394,7 @@ class _Run:
             if self.opt.retry(f):  # back into the batch, asking for more headroom
                 continue
             reason = f"saved image above the margin after {f.attempt} retries: cos_id {g.cos_saved:.4f} > m = {cfg.margin:.4f}"
-            self._record(f.item, self._row(f, "withheld", g.cos_saved, reason))
+            self._record(f.item.key, self._row(f, "withheld", g.cos_saved, reason), p["replay"])
         if refused:
             self._finish(self._nudged(refused))
 
@@ -408,7 +404,7 @@ class _Run:
         optimizer."""
         t0 = time.perf_counter()
         seeds = noise_seeds([f.item.seed for f in rows], self.cfg.noise)
-        with self._autocast():
+        with bf16_autocast(self.device, self.bf16):
             w = nudge_codes(self.engine.model, self.engine.e_id, torch.stack([f.w for f in rows]),
                             torch.cat([f.refs["id"] for f in rows]), seeds, target_margin(self.cfg, 1))
         share = (time.perf_counter() - t0) / len(rows)
