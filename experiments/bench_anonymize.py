@@ -124,7 +124,7 @@ def run_amortized(engine, cfg, ds, n: int, device) -> tuple[dict, dict]:
                 feats, lesion = (None if v is None else v.float()
                                  for v in utility_views(engine.e_ut, x, reads_lesion(engine.anonymizer)))
             w_a = anonymize_codes(engine.anonymizer, w, w_t, cfg.margin, e_r, engine.split, engine.prior, feats,
-                                  lesion)
+                                  lesion, cfg.correction)
             x_a, bad = above(w_a, seeds, e_r)
         rows = bad.nonzero().flatten()
         nudged = set(rows.tolist())
@@ -260,6 +260,8 @@ def main() -> None:
                    help="engine-fast precision (default: the fast profile's, auto-bf16)")
     p.add_argument("--amortized-precision", default=None, choices=PRECISIONS,
                    help="amortized engine precision (default: the engine's, auto-bf16)")
+    p.add_argument("--correction", type=float, default=None,
+                   help="amortized engine: share of the network's correction applied (default: the preset's)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     args = p.parse_args()
 
@@ -284,7 +286,8 @@ def main() -> None:
     fast_engine = dataclasses.replace(engine, objective=load_engine(fast, args.checkpoints, device).objective)
     results, kept = {}, {}
     amortized_cfg = anonymize_config(args.preset, privacy=None, margin=cfg.margin, batch_size=args.batch_size,
-                                     max_steps=args.max_steps, precision=args.amortized_precision, engine="amortized")
+                                     max_steps=args.max_steps, precision=args.amortized_precision, engine="amortized",
+                                     correction=args.correction)
     try:  # the amortized engine: the same networks plus the preset's anonymizer network, when it has one
         amortized = load_engine(amortized_cfg, args.checkpoints, device)
     except Exception as exc:  # noqa: BLE001 - no anonymizer: the table goes without that side

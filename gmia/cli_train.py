@@ -103,6 +103,8 @@ def attacker(**kw):
 @click.option("--private-tolerance", type=click.FloatRange(0, 1), default=None,
               help="Weights kept: of the epochs whose held-out images are private within this fraction of the most "
                    "private epoch's, the one of best utility (default 0.02).")
+@click.option("--read-identity/--no-read-identity", default=None,
+              help="Whether the network reads E_id(x), the identity to move away from (default: it does).")
 @click.option("--redraw", type=click.FloatRange(0, 1), default=None,
               help="The start it learns to correct: the re-drawn code of this strength (0: the surrogate); "
                    "default: the preset's (`gmia anonymize --redraw`).")
@@ -110,14 +112,15 @@ def attacker(**kw):
 @click.option("--seed", type=int, default=None)
 @machine_options
 @quiet_dry_run
-def anonymizer(preset, data, checkpoints, out, epochs, batch_size, lr, lambda_adv, link_to, private_tolerance, redraw,
-               limit, seed, device, threads, dry_run, quiet):
+def anonymizer(preset, data, checkpoints, out, epochs, batch_size, lr, lambda_adv, link_to, private_tolerance,
+               read_identity, redraw, limit, seed, device, threads, dry_run, quiet):
     """The amortized anonymizer: one forward pass per image (`gmia anonymize --engine amortized`)."""
     from .config import override
     from .anonymization.train_amortized import AmortizedConfig
 
     cfg = override(AmortizedConfig(), epochs=epochs, batch_size=batch_size, lr=lr, lambda_adv=lambda_adv,
-                   link_to=link_to, private_tolerance=private_tolerance, limit=limit, seed=seed, redraw=redraw)
+                   link_to=link_to, private_tolerance=private_tolerance, read_identity=read_identity,
+                   limit=limit, seed=seed, redraw=redraw)
     data = data or f"data/{preset}"
     if dry_run:
         click.echo(json.dumps({"data": data, "checkpoints": checkpoints, "out": out,

@@ -50,3 +50,15 @@ def test_the_default_level_follows_the_start():
     assert anonymize_config("phantom-cxr64", privacy="low", redraw=0.0).margin == PRIVACY_LEVELS["low"]
     assert anonymize_config("phantom-cxr64", margin=0.1, speed="fast").margin == 0.1
     assert anonymize_config("gmia-cxr256").privacy == "max"
+
+
+def test_the_amortized_correction_is_a_share():
+    from gmia.anonymization import anonymize_config
+
+    assert anonymize_config("phantom-cxr64", engine="amortized", correction=0.5).correction == 0.5
+    # the preset's share applies to the amortized engine only: the optimizer's runs keep the field's default
+    assert anonymize_config("phantom-cxr64", engine="amortized").correction == 0.4
+    assert anonymize_config("phantom-cxr64").correction == 1.0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=r"correction must be in \[0, 1\]"):
+            anonymize_config("phantom-cxr64", correction=bad)

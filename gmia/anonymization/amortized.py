@@ -11,14 +11,17 @@ saved file, and a file above the margin goes to the per-image optimizer for a fe
 withheld as usual; ``runner.py``).
 
 Inputs: the source code w, the record's surrogate code w_T (drawn from the latent prior by the record's seed,
-``surrogate.surrogate_codes``: the same draw as the optimizer's surrogate term), E_id(x), the identity the output
-must move away from (the gate computes it for every image anyway; without it, 15% of the held-out phantom-cxr64
-images came out above the margin instead of 5%), E_ut(x), the findings the output must keep (w is the
+``surrogate.surrogate_codes``: the same draw as the optimizer's surrogate term), optionally E_id(x), the identity
+the output must move away from (the gate computes it for every image anyway; without it, about half of the
+held-out phantom-face64 images come out above the margin instead of a quarter, and go to the nudge; but it is the
+one input that every study of a patient shares, and the correction carries it into the release: the shipped face
+network does not read it, docs/scale.md "The correction"), E_ut(x), the findings the output must keep (w is the
 generator's code, not the findings: with E_ut's view as an input the held-out utility distance of phantom-cxr64
 fell from 1.27× to 0.95× the plain reconstruction's after four epochs, at the same privacy), where E_ut segments
 (faces) its lesion map on an 8×8 grid (the features say whether there is a lesion, not where), and the margin m.
 The network is trained at the preset's level (m jittered): it learns that one operating point, and its output
-barely depends on m. At another level the gate still decides every file; ``runner.load_engine`` says so.
+barely depends on m. A run applies a share c of the correction (``AnonymizeConfig.correction``, the preset's
+by default): w_A = w_0 + c · f. At another level the gate still decides every file; ``runner.load_engine`` says so.
 
 The start. With ``redraw`` = s > 0 (the phantom presets: their optimizer's start, ``redraw.py``) the network
 starts where the optimizer does, at the re-drawn code w_0 that keeps only the source's finding subspace and
@@ -84,7 +87,8 @@ class Anonymizer(nn.Module):
 
     def forward(self, w: torch.Tensor, w_t: torch.Tensor, margin: torch.Tensor | float,
                 e_id: torch.Tensor | None = None, start: torch.Tensor | None = None,
-                e_ut: torch.Tensor | None = None, lesion: torch.Tensor | None = None) -> torch.Tensor:
+                e_ut: torch.Tensor | None = None, lesion: torch.Tensor | None = None,
+                correction: float = 1.0) -> torch.Tensor:
         if self.redraw > 0 and start is None:
             raise ValueError(f"this anonymizer starts from the re-drawn code (strength {self.redraw:g}): pass start")
         base = start if self.redraw > 0 else w + self.alpha * (w_t - w)
@@ -100,7 +104,7 @@ class Anonymizer(nn.Module):
             if lesion is None:
                 raise ValueError("this anonymizer reads the source's lesion map (E_ut.segment(x)): pass lesion")
             parts.append(F.adaptive_avg_pool2d(lesion.float(), self.lesion_grid).flatten(1) * 4)
-        return base + self.out(self.mlp(torch.cat(parts, dim=1))) * self.sd
+        return base + correction * self.out(self.mlp(torch.cat(parts, dim=1))) * self.sd
 
     def extra_repr(self) -> str:
         return (f"w_dim={self.w_dim}, hidden={self.hidden}, depth={self.depth}, id_dim={self.id_dim}, "
@@ -109,17 +113,18 @@ class Anonymizer(nn.Module):
 
 def anonymize_codes(net: Anonymizer, w: torch.Tensor, w_t: torch.Tensor, margin, e_id: torch.Tensor | None,
                     split=None, prior=None, e_ut: torch.Tensor | None = None,
-                    lesion: torch.Tensor | None = None) -> torch.Tensor:
+                    lesion: torch.Tensor | None = None, correction: float = 1.0) -> torch.Tensor:
     """The network's codes for sources ``w``: from the re-drawn start (``split``, ``prior``: redraw.py) when the
     network was trained from it, else from its own blend. ``e_id`` / ``e_ut`` / ``lesion``: E_id(x),
-    E_ut.features(x) and E_ut.segment(x) of the sources (each needed when the network reads it; ``utility_views``)."""
+    E_ut.features(x) and E_ut.segment(x) of the sources (each needed when the network reads it; ``utility_views``).
+    ``correction``: the share of the learned correction applied (``AnonymizeConfig.correction``)."""
     start = None
     if net.redraw > 0:
         if split is None or prior is None:
             raise CheckpointError(f"this anonymizer starts from the re-drawn code (strength {net.redraw:g}), which "
                                   "needs the preset's latent-split.* and latent-prior.* (gmia fit-split)")
         start = split.redraw(w, w_t, prior, net.redraw)
-    return net(w, w_t, margin, e_id, start, e_ut, lesion)
+    return net(w, w_t, margin, e_id, start, e_ut, lesion, correction)
 
 
 @torch.no_grad()

@@ -48,6 +48,10 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               help="optimize: the per-image latent optimizer; amortized: one pass of the preset's trained anonymizer "
                    "network (`gmia train anonymizer`), the optimizer only for files the privacy gate refuses. "
                    "Default: the preset's.")
+@click.option("--correction", type=click.FloatRange(0, 1), default=None,
+              help="--engine amortized: the share of the network's learned correction applied to the re-drawn start "
+                   "(1: all; less brings back less of the source, findings and patient cues alike, and sends more "
+                   "files to the nudge). Default: the preset's.")
 @click.option("--batch-size", type=int, default=None, help="Images optimized together.")
 @click.option("--max-steps", type=int, default=None, help="Steps per image before it is withheld.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate on the latent codes.")
@@ -106,8 +110,8 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse input images declaring more pixels than this, before decoding (default 36 000 000).")
 @quiet_dry_run
-def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, batch_size,
-              max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
+def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, correction,
+              batch_size, max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
               mdl_margin, lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, lambda_ut,
               utility_form, limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
               fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None,
@@ -127,7 +131,8 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
                            mdl_margin=mdl_margin, lambda_lesion=lambda_lesion,
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
-                           redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form, seed=seed, engine=engine)
+                           redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form, seed=seed, engine=engine,
+                           correction=correction)
     shard_t = parse_shard(shard)
     # opened before --dry-run returns, so that a dry run also checks the input (its index: no image is read)
     data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)

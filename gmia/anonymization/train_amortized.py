@@ -75,6 +75,7 @@ class AmortizedConfig:
     private_tolerance: float = 0.02   # weights kept: the best utility among epochs this close to the most private
     redraw: float | None = None       # the start it learns to correct (redraw.py); None: the preset's
     read_utility: bool = True         # E_ut.features(x) as an input (amortized.py: the findings to keep)
+    read_identity: bool = True        # E_id(x) as an input (amortized.py: the identity to move away from)
     lesion_grid: int = 8              # E_ut's lesion map averaged over this grid as an input, where E_ut segments
     limit: int | None = None          # first N training images (tests)
     seed: int = 0
@@ -203,7 +204,8 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
     log(None, f"anonymizer: {n} training images, {cfg.surrogates} surrogates prepared in {time.time() - t0:.0f}s")
 
     e_ut, lesion = refs.pop("e_ut"), refs.pop("e_ut_lesion", None)
-    net = Anonymizer(model.w_dim, cfg.hidden, cfg.depth, id_dim=refs["id"].shape[1], redraw=stage2.redraw,
+    net = Anonymizer(model.w_dim, cfg.hidden, cfg.depth, id_dim=refs["id"].shape[1] if cfg.read_identity else 0,
+                     redraw=stage2.redraw,
                      ut_dim=e_ut.shape[1] if cfg.read_utility else 0,
                      source="start" if stage2.redraw > 0 else "code",
                      lesion_grid=cfg.lesion_grid if lesion_input else 0).to(device)
