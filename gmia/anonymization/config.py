@@ -214,10 +214,9 @@ def anonymize_config(preset: str, privacy: str | None = None, margin: float | No
         cfg = dataclasses.replace(cfg, margin=margin_for(privacy, margin), privacy=None if margin is not None else privacy)
     cfg = dataclasses.replace(cfg, **SPEED_PROFILES[speed or "quality"])
     cfg = override(cfg, **changes)
-    if cfg.engine == "amortized" and changes.get("precision") is None:
-        cfg = dataclasses.replace(cfg, precision=AMORTIZED_PRECISION)
-    if cfg.engine == "amortized" and changes.get("correction") is None:
-        cfg = dataclasses.replace(cfg, correction=AMORTIZED_CORRECTION.get(preset, 1.0))
+    if cfg.engine == "amortized":  # the engine's own defaults, for what the flags leave unset
+        defaults = {"precision": AMORTIZED_PRECISION, "correction": AMORTIZED_CORRECTION.get(preset, 1.0)}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if changes.get(k) is None})
     if privacy is None and margin is None and cfg.redraw == 0.0 and PRESETS[preset].redraw > 0.0:
         # a preset's level assumes its re-drawn start; from the source's own code the hinge is what moves the
         # identity, and the level for that start is DEFAULT_PRIVACY (gmia/config.py)

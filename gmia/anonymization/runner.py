@@ -92,10 +92,12 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     e_id = networks.load(cfg.preset, "identity", checkpoints, device=device)
     e_ut = networks.load(cfg.preset, "utility", checkpoints, device=device)
     extra, roles, files, prior = [], ["aegan", "identity", "utility"], {}, None
+    convnets = [model, e_id, e_ut]  # put in the channels-last layout below
     if cfg.lambda_mdl > 0:  # the third objective: MFM features split by the MDL decoupler
         from ..decoupling import MDLTerm, load_decoupler
 
         mfm = networks.load(cfg.preset, "mfm", checkpoints, device=device)
+        convnets.append(mfm)
         extra.append(MDLTerm(mfm, load_decoupler(folder), cfg.lambda_sem, cfg.lambda_mid, cfg.mdl_margin,
                              weight=cfg.lambda_mdl))
         roles += ["mfm", "decoupler"]
@@ -141,7 +143,7 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     # channels-last convolutions: the same maths in another memory layout, which oneDNN runs faster. On this
     # project's CPU (one thread, batch 32) E, G and E_ut ran 30% faster in fp32 and 20% in bf16, an optimizer step
     # (forward and backward) 7%; outputs moved by ~1e-6 (docs/scale.md, "Two engines")
-    for net in (model, e_id, e_ut, *[t.mfm for t in extra if isinstance(getattr(t, "mfm", None), torch.nn.Module)]):
+    for net in convnets:
         net.to(memory_format=torch.channels_last)
     return Engine(model, e_id, e_ut, objective, {**shas, **files}, guard, anonymizer, prior, split)
 
