@@ -51,6 +51,8 @@ __all__ = ["Anonymizer", "ANONYMIZER", "anonymize_codes", "fallback_config", "lo
 
 ANONYMIZER = "anonymizer"  # checkpoint name: <preset folder>/anonymizer.{safetensors,json}
 FITTED_ROLES = ("aegan", "identity", "utility")  # the weights an anonymizer is trained against
+# ... and the files its surrogates and start come from: card meta key → file
+START_FILES = {"latent_prior_sha256": "latent prior (latent-prior.*)", "latent_split_sha256": "latent split (latent-split.*)"}
 
 
 class Anonymizer(nn.Module):
@@ -177,11 +179,12 @@ def fallback_config(cfg):
 
 
 def load_anonymizer(folder: str | Path, shas: dict[str, str], device="cpu",
-                    redraw: float | None = None) -> Anonymizer:
+                    redraw: float | None = None, start: dict[str, str | None] | None = None) -> Anonymizer:
     """The anonymizer in ``folder``, after checking that it was trained against the weights ``shas`` (role →
     sha256) that the run loads, and from the start ``redraw`` the run asks for (None: any): a network trained for
     another generator or E_id, or that corrects another start, would be judged only by the gate and fail it row
-    after row."""
+    after row. ``start``: the sha256s of the latent prior and split the run draws its surrogates and start from
+    (``START_FILES``); each is checked where the card recorded it."""
     folder = Path(folder)
     preset = folder.name
     fix = f"train one with `gmia train anonymizer --preset {preset} --checkpoints {folder.parent}`"
@@ -189,15 +192,21 @@ def load_anonymizer(folder: str | Path, shas: dict[str, str], device="cpu",
         raise CheckpointError(f"--engine amortized needs {folder / (ANONYMIZER + '.safetensors')} and its card; {fix}, "
                               "or use --engine optimize")
     card = read_card(folder, ANONYMIZER)
-    trained = card.get("meta", {}).get("fitted_to", {})
+    meta = card.get("meta", {})
+    trained = meta.get("fitted_to", {})
     stale = [role for role in FITTED_ROLES if trained.get(role) != shas.get(role)]
     if stale:
         raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained for other {', '.join(stale)} weights than "
                               f"the ones in {folder}; {fix}")
-    start = float(card.get("kwargs", {}).get("redraw", 0.0))
-    if redraw is not None and start != redraw:
-        raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained from the start --redraw {start:g}, this "
-                              f"run asks for --redraw {redraw:g}; pass --redraw {start:g}, or train one for this "
-                              f"start with `gmia train anonymizer --preset {preset} --checkpoints {folder.parent} "
+    moved = [key for key, sha in (start or {}).items() if sha is not None and meta.get(key) not in (None, sha)]
+    if moved:
+        files = ", ".join(START_FILES[k] for k in moved)
+        raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained with another {files} than the one in "
+                              f"{folder} (its surrogates and start are other codes now); {fix}")
+    trained_from = float(card.get("kwargs", {}).get("redraw", 0.0))
+    if redraw is not None and trained_from != redraw:
+        raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained from the start --redraw {trained_from:g}, "
+                              f"this run asks for --redraw {redraw:g}; pass --redraw {trained_from:g}, or train one "
+                              f"for this start with `gmia train anonymizer --preset {preset} --checkpoints {folder.parent} "
                               f"--redraw {redraw:g}`")
     return load_module(folder, ANONYMIZER, device)

@@ -129,7 +129,10 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         from ..projection.prior import LatentPrior
         from .amortized import ANONYMIZER, load_anonymizer
 
-        anonymizer = load_anonymizer(folder, shas, device, redraw=cfg.redraw)
+        prior = prior or LatentPrior.load(folder)
+        anonymizer = load_anonymizer(folder, shas, device, redraw=cfg.redraw,
+                                     start={"latent_prior_sha256": prior.sha256,
+                                            "latent_split_sha256": None if split is None else split.sha256})
         trained = PRESETS[cfg.preset].margin if cfg.preset in PRESETS else None
         if trained is not None and cfg.margin != trained:
             log(None, f"note: the amortized network learned one operating point, about the preset's margin m = "
@@ -137,7 +140,6 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
                       "the per-image optimizer, and a higher m gets images changed more than it needs: "
                       "--engine optimize follows the margin exactly")
         shas[ANONYMIZER] = read_card(folder, ANONYMIZER)["sha256"]
-        prior = prior or LatentPrior.load(folder)
     if prior is not None:
         files["latent_prior"] = prior.sha256  # checked against its card when loaded
     # channels-last convolutions: the same maths in another memory layout, which oneDNN runs faster. On this

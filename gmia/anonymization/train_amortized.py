@@ -287,6 +287,7 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
     net.load_state_dict(snapshots[kept - 1])
     env = environment()
     meta = {"preset": preset, "fitted_to": fitted_to(folder), "latent_prior_sha256": prior.sha256,
+            "latent_split_sha256": None if engine.split is None else engine.split.sha256,
             "config": dataclasses.asdict(cfg), "history": history, "kept_epoch": kept,
             "data": {"root": str(data), "split": "train" if splits else None, "images": n},
             "training_seconds": round(time.time() - t0, 1), "command": "gmia " + " ".join(env["argv"][1:]),

@@ -229,6 +229,18 @@ def test_an_anonymizer_trained_for_other_weights_is_refused(tmp_path, trained, p
                           checkpoints=save_tiny_checkpoints(tmp_path / "bare"), progress=False)
 
 
+@pytest.mark.parametrize("key, file", [("latent_split_sha256", "latent split"), ("latent_prior_sha256", "latent prior")])
+def test_an_anonymizer_trained_from_another_split_or_prior_is_refused(tmp_path, trained, phantom_dir, key, file):
+    card = read_card(trained / "phantom-cxr64", "anonymizer")
+    assert card["meta"][key] is not None  # training records both: the network corrects the start they make
+    moved = tmp_path / "ckpt"
+    shutil.copytree(trained, moved)
+    card["meta"][key] = "0" * 64  # as if the split or prior had been refitted since
+    (moved / "phantom-cxr64" / "anonymizer.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=f"trained with another {file}.*gmia train anonymizer"):
+        anonymize_dataset(_cfg(), PhantomFolder(phantom_dir), tmp_path / "out", checkpoints=moved, progress=False)
+
+
 def test_the_linker_can_match_to_another_study_of_the_patient(tiny_checkpoints, phantom_dir, tmp_path):
     from gmia.anonymization.train_amortized import _other_studies
 
