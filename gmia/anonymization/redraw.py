@@ -32,7 +32,7 @@ from ..checkpoints import check_fitted, read_card, read_verified, write_card
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 
-__all__ = ["LatentSplit", "SPLIT_NAME", "fit_split", "finding_basis"]
+__all__ = ["LatentSplit", "SPLIT_NAME", "fit_split", "split_of", "finding_basis"]
 
 SPLIT_NAME = "latent-split"
 SPLIT_CLASS = "gmia.anonymization.LatentSplit"
@@ -121,6 +121,22 @@ class LatentSplit:
 
 
 @torch.no_grad()
+def split_of(model, prior, batches, labels: np.ndarray, rank: int = 48) -> LatentSplit:
+    """The finding subspace of the images in ``batches`` (an iterable of (images (n, C, R, R) in [0, 1], their lesion
+    masks (n, 1, R, R) or None)) with finding ``labels`` (N, F) in the same order, in the whitened space of the
+    stage-1 ``model``'s latent ``prior``."""
+    codes, masks = [], []
+    for x, m in batches:
+        codes.append(model.encode(x.to(model_device(model))).cpu())
+        if m is not None:
+            masks.append(m.float())
+    if sum(len(c) for c in codes) < 2 * rank:
+        raise CheckpointError(f"a latent split of rank {rank} needs at least {2 * rank} labelled images, found "
+                              f"{sum(len(c) for c in codes)}")
+    z = (torch.cat(codes).flatten(1).double() - prior.mu) @ prior.whitening().T
+    return LatentSplit(finding_basis(z, labels, torch.cat(masks) if masks else None, rank))
+
+
 def fit_split(checkpoint: str | Path, data: str | Path, split: str | None = "train", rank: int = 48,
               limit: int | None = None, device=None, batch_size: int = 128) -> Path:
     """Fit the finding subspace of the stage-1 model and latent prior in ``checkpoint`` on the labelled images
@@ -139,23 +155,28 @@ def fit_split(checkpoint: str | Path, data: str | Path, split: str | None = "tra
         raise CheckpointError(f"{data}: a latent split needs finding labels (a labels file), found none")
     if n < 2 * rank:
         raise CheckpointError(f"{data}: a latent split of rank {rank} needs at least {2 * rank} images, found {n}")
-    codes, masks = [], []
-    for start in range(0, n, batch_size):
-        samples = [ds[i] for i in range(start, min(n, start + batch_size))]
-        codes.append(model.encode(torch.stack([s["image"] for s in samples]).to(model_device(model))).cpu())
-        if ds.has_masks:
-            masks.append(torch.stack([s["mask"] for s in samples]))
-    z = (torch.cat(codes).flatten(1).double() - prior.mu) @ prior.whitening().T
-    keep = finding_basis(z, ds.labels()[:n], torch.cat(masks) if masks else None, rank)
+
+    def batches():
+        for start in range(0, n, batch_size):
+            samples = [ds[i] for i in range(start, min(n, start + batch_size))]
+            yield (torch.stack([s["image"] for s in samples]),
+                   torch.stack([s["mask"] for s in samples]) if ds.has_masks else None)
+
+    fitted = split_of(model, prior, batches(), ds.labels()[:n], rank)
     env = environment()
-    meta = {"fitted_to": {"aegan_sha256": read_card(folder, "aegan")["sha256"], "latent_prior_sha256":
-                          read_card(folder, "latent-prior")["sha256"]},
+    meta = {"fitted_to": fitted_to(folder),
             "data": {"root": str(data), "split": split, "images": n, "findings": list(ds.findings),
-                     "lesion_masks": bool(masks)},
+                     "lesion_masks": bool(ds.has_masks)},
             "command": " ".join(env["argv"]), "environment": env}
-    path = LatentSplit(keep).save(folder, meta)
-    log(None, f"latent split (rank {keep.shape[1]}) fitted to {n} images of {data} -> {path}")
+    path = fitted.save(folder, meta)
+    log(None, f"latent split (rank {fitted.rank}) fitted to {n} images of {data} -> {path}")
     return path
+
+
+def fitted_to(folder: str | Path) -> dict[str, str]:
+    """What a latent split in ``folder`` is fitted to: the sha256s of the stage-1 model and the latent prior there."""
+    return {"aegan_sha256": read_card(folder, "aegan")["sha256"],
+            "latent_prior_sha256": read_card(folder, "latent-prior")["sha256"]}
 
 
 def model_device(model) -> torch.device:

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 
 __all__ = ["Stage", "KIND_NAMES", "RECIPES", "VARIANTS", "recipe", "parse_override"]
 
-KIND_NAMES = ("network", "decoupler", "aegan", "prior", "pool", "report")
+KIND_NAMES = ("network", "decoupler", "aegan", "prior", "split", "pool", "report")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ def _phantom(preset: str, cotrain_kimg: float, eft_kimg: float, pool: bool, refi
     stages = [dataclasses.replace(s, export=True) if s.name == last else s for s in stages]
     stages += [
         Stage("prior", "prior", (last,), {"of": last}, note="latent prior: surrogate identities, membership audits"),
+        Stage("split", "split", (last, "prior"), {"of": last}, note="latent split: the findings' subspace, kept by "
+              "the re-drawn start (the preset's default)"),
         Stage("report", "report", (last, "prior", "attacker", "utility"), {"of": last, **refine}, export=False,
               note="stage-1 acceptance numbers on the test split, into the aegan card"),
     ]
@@ -116,6 +118,8 @@ def _published(preset: str) -> tuple[Stage, ...]:
         Stage("aegan", "aegan", ("mfm",), {"kimg": 6854.0, "perceptual": "auto"}, distributed=True,
               note="stage 1: E and G co-trained against D (the published run's kept snapshot: 6 854 kimg)"),
         Stage("prior", "prior", ("aegan",), {"of": "aegan"}, note="latent prior: surrogate identities, audits"),
+        Stage("split", "split", ("aegan", "prior"), {"of": "aegan"},
+              note="latent split: the findings' subspace, for --redraw and --target-auc"),
         Stage("report", "report", ("aegan", "prior", "attacker", "utility"), {"of": "aegan", "limit": 500},
               export=False, note="stage-1 acceptance numbers on the test split, into the aegan card"),
     )
@@ -153,6 +157,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
                       cache_mb=64),
         "decoupler": dict(sweep=False, coding_rate={"steps": 4, "eval_every": 2}),
         "prior": dict(limit=32),
+        "split": dict(rank=4),
         "report": dict(limit=8, refine_steps=2),
         "pool": dict(patients=3, studies=2, size=None, seeds=[100, 101]),
     },

@@ -11,6 +11,7 @@ Every kind answers three questions for the pipeline:
     decoupler  the MDL split of the MFM's features (gmia.decoupling.fit_decoupler)
     aegan      one leg of stage 1 (gmia.projection.train_aegan); every process of a torchrun job takes part
     prior      the latent prior of a stage-1 model (gmia.projection.prior.LatentPrior)
+    split      the finding subspace of its latent space, for the re-drawn start (gmia.anonymization.redraw)
     pool       a pool of new phantom patients for a later leg (gmia.data.phantoms)
     report     stage-1 acceptance numbers on the test split, written into the aegan card
 """
@@ -74,7 +75,7 @@ def stage_dir(stage: Stage, ctx: FitContext) -> Path:
     """The folder a stage's checkpoint is written to before export."""
     if stage.kind == "aegan":
         return ctx.work(stage.name) / "checkpoint"
-    if stage.kind in ("prior", "report"):
+    if stage.kind in ("prior", "split", "report"):
         return aegan_dir(stage.options["of"], ctx)
     return ctx.work(stage.name)
 
@@ -237,6 +238,42 @@ class Prior:
         return {"images": len(x)}
 
 
+# ---- latent split ---------------------------------------------------------------------------------------------
+class Split:
+    def config(self, stage, ctx):
+        o = _known(stage, ("of", "rank", "limit", "batch_size"))
+        return {"of": o["of"], "split": "train", "rank": o.get("rank", 48), "limit": o.get("limit"),
+                "batch_size": o.get("batch_size", 128)}
+
+    def outputs(self, stage, ctx):
+        return [(stage_dir(stage, ctx), "latent-split")]
+
+    def run(self, stage, ctx):
+        from ..anonymization.redraw import fitted_to, split_of
+        from ..projection.prior import LatentPrior
+        from ..projection.project import load_aegan
+        from ..runs import environment
+
+        cfg = self.config(stage, ctx)
+        folder = stage_dir(stage, ctx)
+        model = load_aegan(folder, ctx.resolved_device())
+        view = ctx.data.images("train", cfg["limit"])
+        masks = ctx.data.masks
+        bs = cfg["batch_size"]
+        batches = ((view.images(a, a + bs), None if masks is None else
+                    torch.from_numpy(np.ascontiguousarray(masks[view.rows[a:a + bs]])))
+                   for a in range(0, len(view), bs))
+        fitted = split_of(model, LatentPrior.load(folder), batches, view.labels(), cfg["rank"])
+        env = environment()
+        meta = {"preset": ctx.preset, "fitted_to": fitted_to(folder),
+                "data": {"root": ctx.data.spec.describe(), "split": "train", "images": len(view),
+                         "findings": list(ctx.data.findings), "lesion_masks": masks is not None,
+                         "fingerprint_fit": ctx.data.fingerprint},
+                "command": " ".join(env["argv"]), "environment": env}
+        fitted.save(folder, meta)
+        return {"images": len(view), "rank": fitted.rank}
+
+
 # ---- phantom pool ---------------------------------------------------------------------------------------------
 class Pool:
     def config(self, stage, ctx):
@@ -367,5 +404,5 @@ class _Moved:
         return {**s, "image": s["image"].to(self.device)}
 
 
-KINDS = {"network": Network(), "decoupler": DecouplerKind(), "aegan": Aegan(), "prior": Prior(), "pool": Pool(),
-         "report": Report()}
+KINDS = {"network": Network(), "decoupler": DecouplerKind(), "aegan": Aegan(), "prior": Prior(), "split": Split(),
+         "pool": Pool(), "report": Report()}

@@ -15,7 +15,7 @@ from gmia.fit import DataSpec, fit, recipe
 
 from tests.fit.conftest import TINY_SETTINGS, fit_args
 
-ROLES = ("aegan", "identity", "utility", "mfm", "attacker", "decoupler", "latent-prior")
+ROLES = ("aegan", "identity", "utility", "mfm", "attacker", "decoupler", "latent-prior", "latent-split")
 
 
 def _anonymize(data_args, ckpt, out, *extra):
@@ -60,6 +60,11 @@ def test_mimic_tree_fit_then_anonymize(fitted_mimic, mimic_root, tmp_path):
     _check_release(anon, 6)
     run = json.loads((anon / "run.json").read_text())
     assert run["checkpoints"]["aegan"] == read_card(out, "aegan")["sha256"]
+    # the folder holds the latent split too: the re-drawn start (--redraw, --target-auc) runs on it as it is
+    redrawn = _anonymize(["--dataset", "mimic", "--data-root", str(mimic_root)], out, tmp_path / "redrawn",
+                         "--redraw", "1")
+    _check_release(redrawn, 6)
+    assert json.loads((redrawn / "run.json").read_text())["config"]["redraw"] == 1.0
 
 
 @pytest.mark.slow
@@ -85,7 +90,7 @@ def test_dry_run_lists_the_stages_and_the_splits(mimic_root, tmp_path):
                                    str(mimic_root), "--out", str(tmp_path / "m"), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "splits (patients ordered by sha256" in res.output and "32 patients" in res.output
-    for name in ("identity", "utility", "mfm", "attacker", "decoupler", "aegan", "prior", "report"):
+    for name in ("identity", "utility", "mfm", "attacker", "decoupler", "aegan", "prior", "split", "report"):
         assert f" {name} " in res.output
     assert not (tmp_path / "m").exists()  # a dry run writes nothing
 

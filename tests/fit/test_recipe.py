@@ -93,10 +93,13 @@ def test_stage1_legs_match_the_aegan_card_chain(preset):
 
 
 @pytest.mark.parametrize("preset", ["phantom-cxr64", "phantom-face64"])
-def test_prior_and_report_follow_the_exported_leg(preset):
+def test_prior_split_and_report_follow_the_exported_leg(preset):
     stages = {s.name: s for s in recipe(preset)}
     exported = [s.name for s in stages.values() if s.kind == "aegan" and s.export]
     assert len(exported) == 1 and stages["prior"].options["of"] == exported[0]
+    # the latent split the preset's re-drawn start needs, of the same model and its prior, as shipped (rank 48)
+    assert stages["split"].options["of"] == exported[0] and set(stages["split"].needs) == {exported[0], "prior"}
+    assert _card(preset, "latent-split")["kwargs"]["rank"] == 48 == KINDS["split"].config(stages["split"], None)["rank"]
     table = _card(preset, "aegan")["meta"]["metrics"]["test_split"]
     rep = stages["report"].options
     assert (rep["refine_steps"], rep["refine_lr"], rep["refine_space"], rep["lambda_ssim"], rep["limit"]) == \
