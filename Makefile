@@ -13,9 +13,11 @@ CKPT      ?=
 # the phantom presets start from a re-drawn code, whose level is medium (docs/defaults.md); E(x) starts: high
 PRIVACY   ?= $(if $(filter phantom phantom-face,$(DATASET)),medium,high)
 TARGET_AUC ?=
-# the privacy knob: a named level, or TARGET_AUC=0.6 (the adaptive attacker's expected AUC, from the calibration)
-KNOB      = $(if $(TARGET_AUC),auc$(TARGET_AUC),$(PRIVACY))
-ANON_KNOB = $(if $(TARGET_AUC),--target-auc $(TARGET_AUC),--privacy $(PRIVACY))
+# the privacy knob: a named level, or TARGET_AUC=0.9 (the adaptive attacker's expected AUC, from the calibration
+# table of the preset's level, or of PRIVACY=<level> when given on the command line)
+PRIVACY_GIVEN = $(filter command line,$(origin PRIVACY))
+KNOB      = $(if $(TARGET_AUC),auc$(TARGET_AUC)$(if $(PRIVACY_GIVEN),-$(PRIVACY)),$(PRIVACY))
+ANON_KNOB = $(if $(TARGET_AUC),--target-auc $(TARGET_AUC)$(if $(PRIVACY_GIVEN), --privacy $(PRIVACY)),--privacy $(PRIVACY))
 OUT       ?= outputs/anonymize/$(DATASET)-$(KNOB)$(if $(ENGINE),-$(ENGINE))
 LIMIT     ?= 64
 
@@ -110,9 +112,10 @@ evaluate: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) report $(EVAL_OUT)/metrics-$(KNOB)
 
 # make calibrate [DATASET=phantom-face]: the adaptive attacker's AUC and utility at re-draw strengths 0, 0.5, 0.75, 1
-# on validation patients -> checkpoints/<preset>/calibration.json, which `make anonymize TARGET_AUC=0.6` reads
+# on validation patients, at PRIVACY's level -> checkpoints/<preset>/calibration.json (one table per level),
+# which `make anonymize TARGET_AUC=0.9 [PRIVACY=level]` reads
 calibrate: data/$(EVAL_PRESET)/phantom.json
-	$(GMIA) calibrate --preset $(EVAL_PRESET) --data data/$(EVAL_PRESET) $(ANON_THREADS)
+	$(GMIA) calibrate --preset $(EVAL_PRESET) --data data/$(EVAL_PRESET) --privacy $(PRIVACY) $(ANON_THREADS)
 
 mia: data/$(EVAL_PRESET)/phantom.json
 	$(GMIA) mia --preset $(EVAL_PRESET) --members data/$(EVAL_PRESET) --nonmembers data/$(EVAL_PRESET) --latent-fit data/$(EVAL_PRESET) --out outputs/mia/$(EVAL_PRESET)

@@ -1,7 +1,8 @@
 """Does ``--target-auc`` deliver? Anonymize held-out *test* patients at the setting the shipped calibration picks
 for a target, and measure the adaptive attacker the way the table was measured.
 
-    python experiments/target_auc.py --preset phantom-cxr64 --target 0.85
+    python experiments/target_auc.py --preset phantom-cxr64 --target 0.9                  # the default level's table
+    python experiments/target_auc.py --preset phantom-cxr64 --target 0.85 --privacy high   # the table of level high
 
 The table (``checkpoints/<preset>/calibration.json``) was measured on validation patients; this anonymizes the
 first 200 test images (and 400 training images for the attackers) at the picked re-draw strength and margin, runs
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from gmia import data
 from gmia.anonymization import anonymize_config, anonymize_dataset
-from gmia.config import get_preset
+from gmia.config import PRIVACY_LEVELS, get_preset
 from gmia.evaluation.calibrate import CalibrationConfig, load_calibration, pick_setting
 from gmia.evaluation.evaluate import evaluate
 from gmia.machine import set_threads
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--preset", default="phantom-cxr64")
     ap.add_argument("--data", default=None, help="phantom folder (default data/<preset>)")
     ap.add_argument("--target", type=float, required=True, help="the adaptive own-source AUC asked for")
+    ap.add_argument("--privacy", default=None, choices=list(PRIVACY_LEVELS),
+                    help="the level whose table is read (default: the preset's)")
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--test-images", type=int, default=200)
     ap.add_argument("--train-images", type=int, default=400)
@@ -39,8 +42,9 @@ def main() -> None:
     set_threads(args.threads)
     p = get_preset(args.preset)
     data_dir = args.data or f"data/{args.preset}"
-    out = Path(args.out or f"outputs/target-auc/{args.preset}/auc{args.target:g}")
-    setting = pick_setting(load_calibration(checkpoint_dir(args.preset, args.checkpoints)), args.target)
+    margin = anonymize_config(args.preset, privacy=args.privacy).margin
+    out = Path(args.out or f"outputs/target-auc/{args.preset}/m{margin:g}-auc{args.target:g}")
+    setting = pick_setting(load_calibration(checkpoint_dir(args.preset, args.checkpoints), margin), args.target)
     cfg = anonymize_config(args.preset, margin=setting["margin"], redraw=setting["redraw"])
     runs = {}
     for split, n in (("test", args.test_images), ("train", args.train_images)):

@@ -83,8 +83,8 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
                    "(0: off, 1: all but the findings). Needs <preset>/latent-split.* (gmia fit-split).")
 @click.option("--target-auc", type=click.FloatRange(0.5, 1.0), default=None,
               help="The privacy asked in attacker terms: the adaptive attacker's expected own-source AUC on held-out "
-                   "patients. Sets --redraw from <preset>/calibration.json (gmia calibrate); refuses a target the "
-                   "table cannot reach.")
+                   "patients. Sets --redraw from the table of the privacy level (--privacy, default the preset's) in "
+                   "<preset>/calibration.json (gmia calibrate); refuses a target the table cannot reach.")
 @click.option("--lambda-ut", type=float, default=None, help="Weight of the utility distance (1: the published "
               "setting; higher keeps more of the findings, and more of whatever else E_ut sees).")
 @click.option("--utility-form", type=click.Choice(list(UTILITY_FORMS)), default=None,
@@ -162,11 +162,12 @@ def _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw) -> dic
     from ..evaluation.calibrate import load_calibration, pick_setting
     from ..networks import checkpoint_dir
 
-    if privacy is not None or margin is not None or redraw is not None:
-        raise ConfigError("--target-auc sets the privacy knob from the calibration table; leave out --privacy, "
-                          "--margin and --redraw")
+    if margin is not None or redraw is not None:
+        raise ConfigError("--target-auc sets the re-draw strength from the calibration table of a privacy level; "
+                          "leave out --margin and --redraw (--privacy picks the level's table)")
     folder = checkpoint_dir(preset, checkpoints)
-    setting = pick_setting(load_calibration(folder), target_auc)
+    level_margin = anonymize_config(preset, privacy=privacy).margin  # the named level's, or the preset's default
+    setting = pick_setting(load_calibration(folder, level_margin), target_auc)
     at = f", margin {setting['margin']:g}" if setting.get("margin") is not None else ""
     click.echo(f"--target-auc {target_auc:g}: redraw {setting['redraw']:g}{at}, expected adaptive own-source AUC "
                f"{setting['expected_auc']:.3f} ({folder / 'calibration.json'})", err=True)

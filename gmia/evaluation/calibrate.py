@@ -1,7 +1,8 @@
 """``gmia calibrate``: the privacy knob in attacker terms, and ``--target-auc`` that reads it.
 
     table = calibrate("phantom-cxr64", "data/phantom-cxr64", "checkpoints/phantom-cxr64/calibration.json")
-    setting = pick_setting(table, target_auc=0.6)     # {"redraw": 0.83, "expected_auc": 0.6, ...}
+    setting = pick_setting(table, target_auc=0.9)     # {"redraw": 0.39, "expected_auc": 0.9, ...}
+    table = load_calibration("checkpoints/phantom-cxr64", margin=0.0)   # the table of one level, as shipped
 
 A margin on E_id's cosine is not what a data steward needs to know; the chance that an attacker links a released
 image to its source is. ``calibrate`` anonymizes, at each re-draw strength s of a grid (``redraw.py``: 0 = the
@@ -10,8 +11,9 @@ the adaptive attackers on the latter (``gmia evaluate``: two families x seeds, t
 the own-source AUC with its patient-bootstrap interval, the same-patient AUC, release membership and utility (the
 independent classifier and E_ut). ``pick_setting`` interpolates that table: the smallest s whose expected
 own-source AUC is at most the target (the most utility for the privacy asked), and refuses a target below what
-the table reaches. The table belongs to the weights it was measured with: it stores their sha256s and
-``gmia anonymize`` refuses a table made for other weights.
+the table reaches. A table is measured at one margin: the file holds one table per privacy level measured
+(``"tables"``), and ``--target-auc`` reads the one of the run's level. A table belongs to the weights it was
+measured with: it stores their sha256s and ``gmia anonymize`` refuses a table made for other weights.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class CalibrationConfig:
     test_images: int = 200                 # held-out images attacked
     test_split: str = "val"                # held-out patients (phantom split); never the test split
     privacy: str | None = None             # the privacy level the table is measured at (None: the preset's own);
-    #                                        --target-auc runs at the table's margin, whatever the default is then
+    #                                        the file keeps the tables of the other levels
     # A curve, not the acceptance run: both attacker families with one seed each, and utility as E_ut sees it (the
     # independent classifier, minutes per setting on a CPU, is `gmia evaluate`'s)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(
@@ -129,26 +131,48 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
                          checkpoints=checkpoints, anon_train=runs["train"], cfg=cfg.eval, device=device)
         rows.append(_row(float(s), m))
         log(None, f"calibrate: redraw {s:.2f}: adaptive own-source AUC {rows[-1]['adaptive_auc_own_source']:.3f}")
-    table = {"preset": preset, "margin": margin,
+    table = {"preset": preset, "privacy": level, "margin": margin,
              "weights": weights_of(checkpoint_dir(preset, checkpoints)),
              "protocol": {"data": str(data_dir), **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "eval"},
                           "eval": dataclasses.asdict(cfg.eval)},
              "rows": rows, "environment": environment()}
-    atomic_write_json(out_file, table)
-    log(None, f"calibration of {preset}: {len(rows)} settings -> {out_file}")
+    kept = [t for t in _read_tables(out_file) if t.get("margin") != margin and t.get("weights") == table["weights"]]
+    tables = sorted(kept + [table], key=lambda t: -t["margin"])  # the least private level first
+    atomic_write_json(out_file, {"preset": preset, "tables": tables})
+    margins = ", ".join(f"{t['margin']:g}" for t in tables)
+    log(None, f"calibration of {preset} at m = {margin:g}: {len(rows)} settings -> {out_file} (tables at m = {margins})")
     return table
 
 
-def load_calibration(folder: str | Path) -> dict:
-    """The calibration table beside the weights in ``folder``, checked against their sha256s."""
+def _read_tables(path: Path) -> list[dict]:
+    """The tables of the calibration file ``path`` (none when it is missing or unreadable)."""
+    try:
+        return _tables_of(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _tables_of(doc: dict) -> list[dict]:
+    """A calibration file's tables, one per margin; a file of one table without ``"tables"`` is that table."""
+    return list(doc.get("tables", [doc] if "rows" in doc else []))
+
+
+def load_calibration(folder: str | Path, margin: float) -> dict:
+    """The calibration table at ``margin`` beside the weights in ``folder``, checked against their sha256s."""
     path = Path(folder) / CALIBRATION_FILE
     if not path.is_file():
         raise ConfigError(f"--target-auc needs a calibration of these weights: {path} not found; measure one with "
                           f"`gmia calibrate --preset PRESET --data DIR --out {path}`")
     try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        tables = _tables_of(json.loads(path.read_text()))
+    except (OSError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{path}: unreadable calibration table ({exc}); recalibrate with `gmia calibrate`") from None
+    table = next((t for t in tables if t.get("margin") is not None and abs(t["margin"] - margin) < 1e-9), None)
+    if table is None:
+        held = ", ".join(f"{t.get('privacy') or 'a level'} (m = {t['margin']:g})" for t in tables
+                         if t.get("margin") is not None) or "none"
+        raise ConfigError(f"{path} has no table at m = {margin:g}, only at: {held}. Pass that level with --privacy, "
+                          f"or measure this one with `gmia calibrate --privacy LEVEL --out {path}`")
     stale = changed_weights(folder, table.get("weights", {}))
     if stale:
         raise ConfigError(f"{path} was measured with other weights ({', '.join(stale)} changed); recalibrate with "

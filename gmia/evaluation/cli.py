@@ -125,14 +125,16 @@ def sweep_cmd(preset, margins, input_dir, split, out, limit, max_steps, batch_si
               help="A folder with patient splits (phantom folder): training patients train the attacker, held-out "
                    "ones are attacked.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="The table (default <checkpoints>/<preset>/calibration.json, where --target-auc reads it).")
+              help="The file (default <checkpoints>/<preset>/calibration.json, where --target-auc reads it); it keeps "
+                   "one table per privacy level, this level's replaced.")
 @click.option("--strengths", default="0,0.5,0.75,1", show_default=True, help="Re-draw strengths to measure.")
 @click.option("--train-images", type=int, default=None, help="Anonymized training images (default 400).")
 @click.option("--test-images", type=int, default=None, help="Held-out images attacked (default 200).")
 @click.option("--test-split", default=None, help="Split of the held-out patients (default val).")
 @click.option("--adaptive-seeds", type=int, default=None, help="Seeds per attacker family (default 1).")
 @click.option("--privacy", type=click.Choice(list(PRIVACY_LEVELS)), default=None,
-              help="Privacy level to measure at (default: the preset's); --target-auc then runs at its margin.")
+              help="Privacy level to measure at (default: the preset's); `gmia anonymize --target-auc` reads the "
+                   "table of its run's level.")
 @_ckpt
 @_boot
 @machine_options

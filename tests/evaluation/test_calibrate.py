@@ -7,9 +7,11 @@ import pytest
 from gmia.errors import ConfigError
 from gmia.evaluation.calibrate import CALIBRATION_FILE, load_calibration, pick_setting, weights_of
 
-TABLE = {"rows": [{"redraw": 0.0, "adaptive_auc_own_source": 0.80},
-                  {"redraw": 0.5, "adaptive_auc_own_source": 0.70},
-                  {"redraw": 1.0, "adaptive_auc_own_source": 0.56}]}
+TABLE = {"margin": 0.0, "rows": [{"redraw": 0.0, "adaptive_auc_own_source": 0.80},   # the phantoms' default level
+                                 {"redraw": 0.5, "adaptive_auc_own_source": 0.70},
+                                 {"redraw": 1.0, "adaptive_auc_own_source": 0.56}]}
+HIGH = {"privacy": "high", "margin": -0.3, "rows": [{"redraw": 0.0, "adaptive_auc_own_source": 0.76},
+                                                    {"redraw": 1.0, "adaptive_auc_own_source": 0.52}]}
 
 
 def test_pick_interpolates_between_measured_strengths():
@@ -39,15 +41,28 @@ def test_a_table_of_other_weights_is_refused(eval_checkpoints):
     table = {**TABLE, "weights": weights_of(folder)}
     (folder / CALIBRATION_FILE).write_text(json.dumps(table))
     try:
-        assert load_calibration(folder)["rows"] == TABLE["rows"]
+        assert load_calibration(folder, 0.0)["rows"] == TABLE["rows"]   # a file of one table, without "tables"
         table["weights"]["aegan"] = "0" * 64
         (folder / CALIBRATION_FILE).write_text(json.dumps(table))
         with pytest.raises(ConfigError, match="other weights.*aegan.*gmia calibrate"):
-            load_calibration(folder)
+            load_calibration(folder, 0.0)
     finally:
         (folder / CALIBRATION_FILE).unlink()
     with pytest.raises(ConfigError, match="calibration.json not found.*gmia calibrate"):
-        load_calibration(folder)
+        load_calibration(folder, 0.0)
+
+
+def test_one_table_per_level_and_a_level_not_measured_is_named(eval_checkpoints):
+    folder = eval_checkpoints / "phantom-cxr64"
+    w = weights_of(folder)
+    (folder / CALIBRATION_FILE).write_text(json.dumps({"tables": [{**TABLE, "weights": w}, {**HIGH, "weights": w}]}))
+    try:
+        assert load_calibration(folder, 0.0)["rows"] == TABLE["rows"]
+        assert load_calibration(folder, -0.3)["rows"] == HIGH["rows"]
+        with pytest.raises(ConfigError, match=r"no table at m = -0.7, only at: .*high \(m = -0.3\).*--privacy"):
+            load_calibration(folder, -0.7)
+    finally:
+        (folder / CALIBRATION_FILE).unlink()
 
 
 def test_target_auc_sets_the_redraw_and_refuses_the_unreachable(eval_checkpoints, eval_data):
@@ -56,23 +71,27 @@ def test_target_auc_sets_the_redraw_and_refuses_the_unreachable(eval_checkpoints
     from gmia.cli import cli as main
 
     folder = eval_checkpoints / "phantom-cxr64"
-    (folder / CALIBRATION_FILE).write_text(json.dumps({**TABLE, "weights": weights_of(folder)}))
+    w = weights_of(folder)
+    (folder / CALIBRATION_FILE).write_text(json.dumps({"tables": [{**TABLE, "weights": w}, {**HIGH, "weights": w}]}))
     try:
         args = ["anonymize", "--input", str(eval_data), "--out", "unused", "--checkpoints", str(eval_checkpoints),
                 "--dry-run"]
-        ok = CliRunner().invoke(main, args + ["--target-auc", "0.63"])
+        ok = CliRunner().invoke(main, args + ["--target-auc", "0.63"])   # the default level's table (m = 0)
         assert ok.exit_code == 0, ok.output
         plan = json.loads(ok.stdout[ok.stdout.index("{"):])
         assert plan["config"]["redraw"] == pytest.approx(0.75) and plan["calibration"]["expected_auc"] == 0.63
+        assert plan["config"]["margin"] == 0.0 == plan["calibration"]["margin"]
         far = CliRunner().invoke(main, args + ["--target-auc", "0.52"])
         assert far.exit_code != 0 and "out of reach" in far.output
-        both = CliRunner().invoke(main, args + ["--target-auc", "0.6", "--privacy", "max"])
-        assert both.exit_code != 0 and "leave out --privacy" in both.output
-        # the table's margin is part of the setting: a table measured at another level than the default runs there
-        (folder / CALIBRATION_FILE).write_text(json.dumps({**TABLE, "margin": -0.5, "weights": weights_of(folder)}))
-        at = CliRunner().invoke(main, args + ["--target-auc", "0.63"])
-        plan = json.loads(at.stdout[at.stdout.index("{"):])
-        assert plan["config"]["margin"] == -0.5 and plan["calibration"]["margin"] == -0.5, at.output
+        # --privacy picks the level's table, and the run goes at that level's margin
+        high = CliRunner().invoke(main, args + ["--target-auc", "0.64", "--privacy", "high"])
+        plan = json.loads(high.stdout[high.stdout.index("{"):])
+        assert plan["config"]["margin"] == -0.3 and plan["calibration"]["margin"] == -0.3, high.output
+        assert plan["config"]["redraw"] == pytest.approx(0.5)
+        unmeasured = CliRunner().invoke(main, args + ["--target-auc", "0.6", "--privacy", "max"])
+        assert unmeasured.exit_code != 0 and "no table at m = -0.7" in unmeasured.output
+        both = CliRunner().invoke(main, args + ["--target-auc", "0.6", "--margin", "-0.1"])
+        assert both.exit_code != 0 and "leave out --margin" in both.output
     finally:
         (folder / CALIBRATION_FILE).unlink()
 
@@ -86,10 +105,16 @@ def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(
                             eval=EvalConfig(bootstrap=10, adaptive=AdaptiveConfig(epochs=1, batch_size=16, seeds=1,
                                                                                   resnet_epochs=1)))
     out = tmp_path / "calibration.json"
+    w = weights_of(eval_checkpoints / "phantom-cxr64")
+    stale = {**HIGH, "margin": 0.3, "weights": {**w, "aegan": "0" * 64}}
+    out.write_text(json.dumps({"tables": [{**HIGH, "weights": w}, stale]}))   # another level, and a stale table
     table = calibrate("phantom-cxr64", eval_data, out, checkpoints=eval_checkpoints, cfg=cfg, work=tmp_path / "runs")
     assert [r["redraw"] for r in table["rows"]] == [0.0, 1.0]
     assert all(0 <= r["adaptive_auc_own_source"] <= 1 and r["released"] == 9 for r in table["rows"])
-    assert json.loads(out.read_text())["weights"] == weights_of(eval_checkpoints / "phantom-cxr64")
+    # the file: the new level's table beside the other level's, the table of other weights dropped
+    tables = json.loads(out.read_text())["tables"]
+    assert [t["margin"] for t in tables] == [0.0, -0.3] and tables[0]["weights"] == w
+    assert tables[0]["privacy"] == "medium" and tables[1]["rows"] == HIGH["rows"]
     runs = tmp_path / "runs" / f"m{table['margin']:g}"   # one folder per margin: its runs are other images
     assert (runs / "redraw1.00" / "train" / "manifest.jsonl").is_file()
     # every row at the table's margin, the E(x) row included (its own default level would be another)
