@@ -27,10 +27,10 @@ so; the refinement is timed as part of the engine).
   step whose (pre-update) hinge is 0, at most ``--ref-steps`` steps; the final image is rendered with const noise.
 
 Timed: reading the images, optimizing, rendering the final images, in the steady state: each side first runs
-once, untimed, on its first batch (its first calls pick kernels for each batch shape and precision). Not timed: the outcome, measured the same
-way for both on the final image quantized to 8 bits: the fraction of images with cos(E_id(x_R), E_id(x_A)) <= m
-("private"), the mean cosine, the mean ||E_ut(x_A) - E_ut(x_R)||_2, and the macro AUROC of E_ut's finding logits
-on the anonymized images. Steps = generator evaluations per image. The speed-up only counts if the engine's
+once, untimed, on its first batch (its first calls pick kernels for each batch shape and precision). Not timed:
+the outcome, measured the same way for both on the final image quantized to 8 bits: the fraction of images with
+cos(E_id(x_R), E_id(x_A)) <= m ("private"), the mean cosine, the mean ||E_ut(x_A) - E_ut(x_R)||_2, and the macro
+AUROC of E_ut's finding logits on the anonymized images. Steps = generator evaluations per image. The speed-up only counts if the engine's
 outcome is equal or better: private fraction >= the reference's and AUROC >= the reference's - 0.01.
 Peak memory: the process's max RSS after each side (it never goes down) and, on CUDA, the peak allocation.
 """

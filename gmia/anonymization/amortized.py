@@ -52,7 +52,8 @@ __all__ = ["Anonymizer", "ANONYMIZER", "anonymize_codes", "fallback_config", "lo
 ANONYMIZER = "anonymizer"  # checkpoint name: <preset folder>/anonymizer.{safetensors,json}
 FITTED_ROLES = ("aegan", "identity", "utility")  # the weights an anonymizer is trained against
 # ... and the files its surrogates and start come from: card meta key → file
-START_FILES = {"latent_prior_sha256": "latent prior (latent-prior.*)", "latent_split_sha256": "latent split (latent-split.*)"}
+START_FILES = {"latent_prior_sha256": "latent prior (latent-prior.*)",
+               "latent_split_sha256": "latent split (latent-split.*)"}
 
 
 class Anonymizer(nn.Module):
@@ -207,6 +208,6 @@ def load_anonymizer(folder: str | Path, shas: dict[str, str], device="cpu",
     if redraw is not None and trained_from != redraw:
         raise CheckpointError(f"{folder / (ANONYMIZER + '.json')}: trained from the start --redraw {trained_from:g}, "
                               f"this run asks for --redraw {redraw:g}; pass --redraw {trained_from:g}, or train one "
-                              f"for this start with `gmia train anonymizer --preset {preset} --checkpoints {folder.parent} "
-                              f"--redraw {redraw:g}`")
+                              f"for this start with `gmia train anonymizer --preset {preset} "
+                              f"--checkpoints {folder.parent} --redraw {redraw:g}`")
     return load_module(folder, ANONYMIZER, device)

@@ -123,7 +123,8 @@ class AnonymizeConfig:
             (self.patience >= 0 and self.gate_retries >= 0 and self.refine_steps >= 0,
              "patience, gate_retries and refine_steps must be >= 0"),
             (0.0 <= self.redraw <= 1.0, f"redraw must be in [0, 1] (0: off), got {self.redraw}"),
-            (0.0 <= self.correction <= 1.0, f"correction must be in [0, 1] (0: the start itself), got {self.correction}"),
+            (0.0 <= self.correction <= 1.0,
+             f"correction must be in [0, 1] (0: the start itself), got {self.correction}"),
             (self.output_bits in (None, 8, 16), f"output_bits must be 8, 16 or unset, got {self.output_bits}"),
         ]
         for ok, message in checks:

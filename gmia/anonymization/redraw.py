@@ -32,7 +32,7 @@ from ..checkpoints import check_fitted, read_card, read_verified, write_card
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 
-__all__ = ["LatentSplit", "SPLIT_NAME", "fit_split", "split_of", "finding_basis"]
+__all__ = ["LatentSplit", "SPLIT_NAME", "fit_split", "split_of", "split_fitted_to", "finding_basis"]
 
 SPLIT_NAME = "latent-split"
 SPLIT_CLASS = "gmia.anonymization.LatentSplit"
@@ -130,9 +130,9 @@ def split_of(model, prior, batches, labels: np.ndarray, rank: int = 48) -> Laten
         codes.append(model.encode(x.to(model_device(model))).cpu())
         if m is not None:
             masks.append(m.float())
-    if sum(len(c) for c in codes) < 2 * rank:
-        raise CheckpointError(f"a latent split of rank {rank} needs at least {2 * rank} labelled images, found "
-                              f"{sum(len(c) for c in codes)}")
+    n = sum(len(c) for c in codes)
+    if n < 2 * rank:
+        raise CheckpointError(f"a latent split of rank {rank} needs at least {2 * rank} labelled images, found {n}")
     z = (torch.cat(codes).flatten(1).double() - prior.mu) @ prior.whitening().T
     return LatentSplit(finding_basis(z, labels, torch.cat(masks) if masks else None, rank))
 
@@ -164,7 +164,7 @@ def fit_split(checkpoint: str | Path, data: str | Path, split: str | None = "tra
 
     fitted = split_of(model, prior, batches(), ds.labels()[:n], rank)
     env = environment()
-    meta = {"fitted_to": fitted_to(folder),
+    meta = {"fitted_to": split_fitted_to(folder),
             "data": {"root": str(data), "split": split, "images": n, "findings": list(ds.findings),
                      "lesion_masks": bool(ds.has_masks)},
             "command": " ".join(env["argv"]), "environment": env}
@@ -173,7 +173,7 @@ def fit_split(checkpoint: str | Path, data: str | Path, split: str | None = "tra
     return path
 
 
-def fitted_to(folder: str | Path) -> dict[str, str]:
+def split_fitted_to(folder: str | Path) -> dict[str, str]:
     """What a latent split in ``folder`` is fitted to: the sha256s of the stage-1 model and the latent prior there."""
     return {"aegan_sha256": read_card(folder, "aegan")["sha256"],
             "latent_prior_sha256": read_card(folder, "latent-prior")["sha256"]}

@@ -140,7 +140,8 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
     tables = sorted(kept + [table], key=lambda t: -t["margin"])  # the least private level first
     atomic_write_json(out_file, {"preset": preset, "tables": tables})
     margins = ", ".join(f"{t['margin']:g}" for t in tables)
-    log(None, f"calibration of {preset} at m = {margin:g}: {len(rows)} settings -> {out_file} (tables at m = {margins})")
+    log(None, f"calibration of {preset} at m = {margin:g}: {len(rows)} settings -> {out_file} "
+              f"(tables at m = {margins})")
     return table
 
 

@@ -249,7 +249,7 @@ class Split:
         return [(stage_dir(stage, ctx), "latent-split")]
 
     def run(self, stage, ctx):
-        from ..anonymization.redraw import fitted_to, split_of
+        from ..anonymization.redraw import split_fitted_to, split_of
         from ..projection.prior import LatentPrior
         from ..projection.project import load_aegan
         from ..runs import environment
@@ -265,7 +265,7 @@ class Split:
                    for a in range(0, len(view), bs))
         fitted = split_of(model, LatentPrior.load(folder), batches, view.labels(), cfg["rank"])
         env = environment()
-        meta = {"preset": ctx.preset, "fitted_to": fitted_to(folder),
+        meta = {"preset": ctx.preset, "fitted_to": split_fitted_to(folder),
                 "data": {"root": ctx.data.spec.describe(), "split": "train", "images": len(view),
                          "findings": list(ctx.data.findings), "lesion_masks": masks is not None,
                          "fingerprint_fit": ctx.data.fingerprint},
