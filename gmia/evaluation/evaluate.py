@@ -195,7 +195,7 @@ def release_membership(e_anon, e_gal, e_out) -> dict:
             "outsiders": int(len(score_out)), "score": "max cosine of a patient's original to the released images"}
 
 
-def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, cfg, device) -> dict:
+def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, cfg, device, x_rec=None) -> dict:
     if "utility" not in nets:
         return {"skipped": "no utility network for this preset"}
     e_ut = nets["utility"]
@@ -226,7 +226,7 @@ def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, c
     probe.update(classifier="logistic regression per finding (gmia.metrics.probe_findings)", features=feat_name)
     out["train_on_anonymized"] = probe
     out["independent_classifier"] = _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg,
-                                                 device)
+                                                 device, nets.get("aegan"), x_rec)
     if masks is not None and getattr(e_ut, "has_segmentation", False):
         out["lesion_dice"] = lesion_dice(run_net(e_ut.segment, x_anon, cfg.batch_size, device),
                                          run_net(e_ut.segment, x_src, cfg.batch_size, device), masks.numpy())
@@ -235,8 +235,10 @@ def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, c
     return out
 
 
-def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg, device) -> dict:
-    """The ResNet-18 of ``classifier.py``, trained on the real training originals (cfg.max_reference of them)."""
+def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg, device, aegan=None,
+                 x_rec=None) -> dict:
+    """The ResNet-18 of ``classifier.py``, trained on the real training originals (cfg.max_reference of them);
+    with a stage-1 model (``aegan``, ``x_rec``), on its reconstructions as well: the limit stage 1 sets."""
     if not cfg.independent_classifier:
         return {"skipped": "turned off (EvalConfig.independent_classifier)"}
     reference = cohort.reference
@@ -245,18 +247,23 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
                            f"{2 * cfg.classifier.batch_size})"}
     if cfg.max_reference is not None and len(reference) > cfg.max_reference:
         reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
-    anon_train = None
+    anon_train = recon_train = None
     if anon_train_dir is not None:
         p = get_preset(preset)
         tr = read_anonymized(anon_train_dir)
         tc = match(real, tr)
         keep = np.flatnonzero(~np.isin(tc.anon_patient, np.unique(cohort.anon_patient)))
         if len(keep) >= cfg.classifier.batch_size:
-            anon_train = (load_anonymized(tr, keep, p.channels, p.resolution), load_real(real, tc.anon_source[keep]),
-                          real.labels()[tc.anon_source[keep]])
+            sources = tc.anon_source[keep]
+            anon_train = (load_anonymized(tr, keep, p.channels, p.resolution), load_real(real, sources),
+                          real.labels()[sources])
+            if aegan is not None:
+                recon_train = stage1_reconstructions(aegan, anon_train[1], [real.keys()[i] for i in sources],
+                                                     tr.run.get("config", {}), cfg.batch_size, device)
     return independent_utility(load_real(real, reference), real.labels()[reference], x_anon, x_src, y, findings,
                                device, cfg.classifier, anon_train,
-                               cache_key=(str(real.root), tuple(int(i) for i in reference), str(device)))
+                               cache_key=(str(real.root), tuple(int(i) for i in reference), str(device)),
+                               recon_train=recon_train, x_rec=x_rec)
 
 
 def _fidelity(nets, x_anon, x_src, x_rec, cfg, device) -> dict:
@@ -380,7 +387,7 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
                             e_gal, gal_patient, is_source)
 
     # ---- utility, fidelity
-    utility = _utility(nets, real, cohort, x_anon, x_src, masks, anon_train, preset, cfg, device)
+    utility = _utility(nets, real, cohort, x_anon, x_src, masks, anon_train, preset, cfg, device, x_rec)
     fidelity = _fidelity(nets, x_anon, x_src, x_rec, cfg, device)
 
     # ---- record, figures

@@ -8,7 +8,7 @@ import torch
 
 from gmia.evaluation.classifier import ClassifierConfig, independent_utility, train_classifier
 
-CFG = ClassifierConfig(epochs=1, small_set_steps=40, batch_size=16, lr=3e-3)
+CFG = ClassifierConfig(epochs=1, small_set_steps=40, batch_size=16, lr=3e-3, seeds=2, small_set_seeds=2)
 
 
 def _images(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -30,14 +30,26 @@ def test_a_finding_it_can_see_is_found_and_a_blank_copy_is_not():
     from gmia.metrics import per_finding_auroc
 
     assert per_finding_auroc(y, scores)[0] > 0.9
-    blank = x.clone()
-    blank[:, :, 2:12, 2:12] = 0.15  # the finding removed: what an anonymizer that drops findings releases
+    g = torch.Generator().manual_seed(3)
+
+    def blanked(images):  # the finding removed, as background: what an anonymizer that drops findings releases
+        out = images.clone()
+        out[:, :, 2:12, 2:12] = torch.rand(len(out), 1, 10, 10, generator=g) * 0.3
+        return out
+
+    blank = blanked(x)
     x_small, y_small = _images(96, 2)  # the anonymized training set: other images than the tested ones
-    blank_small = x_small.clone()
-    blank_small[:, :, 2:12, 2:12] = 0.15
+    # its releases show a square where another record had one: the label is no longer in the image (in-distribution,
+    # so a network trained on them sits near chance on the originals instead of answering at random)
+    blank_small, _ = _images(96, 4)
+    # the stage-1 arm given the originals themselves: same seeds, same images, so exactly the originals' reading
     out = independent_utility(x_train, y_train, blank, x, y, ["square", "noise"], "cpu", CFG,
-                              anon_train=(blank_small, x_small, y_small))
+                              anon_train=(blank_small, x_small, y_small), recon_train=x_small.clone(), x_rec=x.clone())
     assert out["per_finding"]["square"]["originals"] > 0.9 and out["per_finding"]["square"]["anonymized"] < 0.7
-    assert out["ratio"] < 0.9
+    assert out["ratio"] < 0.9 and len(out["ratio_per_seed"]) == CFG.seeds
+    assert out["ratio_reconstructions"] == pytest.approx(1.0)  # "reconstructions" that are the sources themselves
     gap = out["train_on_anonymized"]
     assert gap["macro_auroc_trained_on_originals"] > gap["macro_auroc_trained_on_anonymized"] and gap["gap"] > 0.1
+    assert len(gap["gap_per_seed"]) == CFG.small_set_seeds == len(set(gap["seeds"]))
+    assert gap["gap"] == pytest.approx(np.mean(gap["gap_per_seed"]))
+    assert gap["gap_reconstructions"] == pytest.approx(0.0, abs=1e-6)
