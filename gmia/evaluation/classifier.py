@@ -119,6 +119,10 @@ def independent_utility(x_train: torch.Tensor, y_train: np.ndarray, x_anon: torc
            "per_finding": {f: {"anonymized": per_a.get(f), "originals": per_s.get(f),
                                "ratio": per_a[f] / per_s[f] if np.isfinite(per_a[f] / per_s[f]) else None}
                            for f in findings}}
+    ratios = {f: v["ratio"] for f, v in out["per_finding"].items() if v["ratio"] is not None}
+    if ratios:
+        out["lowest_finding"] = min(ratios, key=ratios.get)
+        out["lowest_finding_ratio"] = ratios[out["lowest_finding"]]
     if x_rec is not None:
         # the stage-1 limit of the first reading: what the classifier still finds in G(E(x))
         rec = float(np.mean([macro_auroc(y, _logits(net, x_rec, device)) for net in nets]))

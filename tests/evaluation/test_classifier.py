@@ -47,6 +47,7 @@ def test_a_finding_it_can_see_is_found_and_a_blank_copy_is_not():
                               anon_train=(blank_small, x_small, y_small), recon_train=x_small.clone(), x_rec=x.clone())
     assert out["per_finding"]["square"]["originals"] > 0.9 and out["per_finding"]["square"]["anonymized"] < 0.7
     assert out["ratio"] < 0.9 and len(out["ratio_per_seed"]) == CFG.seeds
+    assert out["lowest_finding"] == "square" and out["lowest_finding_ratio"] < 0.7
     assert out["ratio_reconstructions"] == pytest.approx(1.0)  # "reconstructions" that are the sources themselves
     gap = out["train_on_anonymized"]
     assert gap["macro_auroc_trained_on_originals"] > gap["macro_auroc_trained_on_anonymized"] and gap["gap"] > 0.1

@@ -1,0 +1,107 @@
+"""Where an independent classifier loses the findings: releases, stage-1 reconstructions, originals, over seeds.
+
+    python experiments/utility_arms.py --preset phantom-cxr64 --real data/phantom-cxr64 \
+        --anon outputs/eval/phantom-cxr64/anon-test-medium [--anon-train outputs/eval/phantom-cxr64/anon-train-medium] \
+        [--also RUN ...] [--noise 0.005,0.03]
+
+``gmia evaluate``'s independent-classifier readings (``gmia.evaluation.classifier``, the same ResNet-18, seeds and
+steps) without the attackers: the ResNet trained on the training originals scores the released images of
+``--anon`` (and of every ``--also`` run of the same images), their sources and their stage-1 reconstructions
+G(E(x)); the "train on anonymized, test on originals" pair gets its stage-1 arm and, with ``--noise LO,HI``, an
+arm trained on the releases with white noise of a standard deviation drawn per image from U(LO, HI) added (the
+phantom's own detector-noise range is 0.005-0.03 for the chest preset): does the smoothness of a release cost what
+a classifier learns from it? Minutes per seed on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from gmia import data
+from gmia.config import get_preset
+from gmia.evaluation.classifier import ClassifierConfig, independent_utility
+from gmia.evaluation.evaluate import stage1_reconstructions
+from gmia.evaluation.records import load_anonymized, load_real, match, read_anonymized
+from gmia.fileio import atomic_write_json, jsonable
+from gmia.projection.project import load_aegan
+
+
+def _released(real, folder: str, channels: int, size: int):
+    run = read_anonymized(folder)
+    cohort = match(real, run)
+    return run, cohort, load_anonymized(run, range(len(run.pseudonyms)), channels, size)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="phantom-cxr64")
+    ap.add_argument("--real", default="data/phantom-cxr64")
+    ap.add_argument("--anon", required=True, help="anonymized evaluation images (with private/linkage.csv)")
+    ap.add_argument("--anon-train", default=None, help="anonymized training images of other patients (without: "
+                    "the first reading only)")
+    ap.add_argument("--also", nargs="*", default=[], help="other runs of the same images, scored by the same nets")
+    ap.add_argument("--noise", default=None, help="LO,HI: add an arm trained on releases + noise of sd ~ U(LO, HI)")
+    ap.add_argument("--seeds", type=int, default=ClassifierConfig.seeds)
+    ap.add_argument("--checkpoints", default="checkpoints")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write every reading (per finding, per seed) to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    p = get_preset(args.preset)
+    real = data.open(args.real, size=p.resolution, channels=p.channels)
+    cfg = replace(ClassifierConfig(), seeds=args.seeds, small_set_seeds=args.seeds)
+    model = load_aegan(f"{args.checkpoints}/{args.preset}")
+
+    run, cohort, x_anon = _released(real, args.anon, p.channels, p.resolution)
+    x_src, y = load_real(real, cohort.anon_source), real.labels()[cohort.anon_source]
+    keys = lambda c: [real.keys()[i] for i in c.anon_source]  # noqa: E731
+    x_rec = stage1_reconstructions(model, x_src, keys(cohort), run.run.get("config", {}), 64, "cpu")
+    pair = r_t = None
+    if args.anon_train:
+        train_run, train_cohort, x_at = _released(real, args.anon_train, p.channels, p.resolution)
+        x_ot, y_t = load_real(real, train_cohort.anon_source), real.labels()[train_cohort.anon_source]
+        r_t = stage1_reconstructions(model, x_ot, keys(train_cohort), train_run.run.get("config", {}), 64, "cpu")
+        pair = (x_at, x_ot, y_t)
+    reference = cohort.reference
+    x_ref, y_ref = load_real(real, reference), real.labels()[reference]
+    common = dict(cache_key=(args.real, tuple(int(i) for i in reference)))  # one set of nets for every run
+    findings = list(real.findings)
+    out = {"seeds": cfg.seeds, "runs": {}}
+    main_run = independent_utility(x_ref, y_ref, x_anon, x_src, y, findings, "cpu", cfg, pair,
+                                   recon_train=r_t, x_rec=x_rec, **common)
+    out["runs"][args.anon] = main_run
+    for folder in args.also:
+        other, other_cohort, x_other = _released(real, folder, p.channels, p.resolution)
+        position = {int(k): i for i, k in enumerate(other_cohort.anon_source)}
+        if sorted(position) != sorted(int(k) for k in cohort.anon_source):
+            raise SystemExit(f"{folder}: not the same source images as {args.anon}")
+        x_other = x_other[[position[int(k)] for k in cohort.anon_source]]  # in --anon's order (pseudonyms differ)
+        out["runs"][folder] = independent_utility(x_ref, y_ref, x_other, x_src, y, findings, "cpu", cfg, **common)
+    if args.noise and pair is not None:
+        lo, hi = (float(v) for v in args.noise.split(","))
+        g = torch.Generator().manual_seed(0)
+        sd = torch.empty(len(x_at), 1, 1, 1).uniform_(lo, hi, generator=g)
+        noisy = (x_at + sd * torch.randn(x_at.shape, generator=g)).clamp(0, 1)
+        out["noise_arm"] = independent_utility(x_ref, y_ref, x_anon, x_src, y, findings, "cpu", cfg,
+                                               (noisy, x_ot, y_t), **common)["train_on_anonymized"]
+    for folder, m in out["runs"].items():
+        print(f"{folder}: ratio {m['ratio']:.3f} (per seed {', '.join(f'{r:.3f}' for r in m['ratio_per_seed'])})"
+              + (f", reconstructions {m['ratio_reconstructions']:.3f}" if "ratio_reconstructions" in m else ""))
+    t = main_run.get("train_on_anonymized")
+    if t:
+        print(f"train on anonymized / originals / reconstructions: {t['macro_auroc_trained_on_anonymized']:.3f} / "
+              f"{t['macro_auroc_trained_on_originals']:.3f} / {t['macro_auroc_trained_on_reconstructions']:.3f}; "
+              f"gap {t['gap']:.3f}, stage-1 gap {t['gap_reconstructions']:.3f}")
+    if "noise_arm" in out:
+        print(f"train on anonymized + noise: {out['noise_arm']['macro_auroc_trained_on_anonymized']:.3f}, "
+              f"gap {out['noise_arm']['gap']:.3f}")
+    if args.json:
+        atomic_write_json(args.json, jsonable(out))
+
+
+if __name__ == "__main__":
+    main()
