@@ -60,19 +60,25 @@ def main() -> None:
     x_src, y = load_real(real, cohort.anon_source), real.labels()[cohort.anon_source]
     keys = lambda c: [real.keys()[i] for i in c.anon_source]  # noqa: E731
     x_rec = stage1_reconstructions(model, x_src, keys(cohort), run.run.get("config", {}), 64, "cpu")
-    pair = r_t = None
+    pair, arms = None, {}
     if args.anon_train:
         train_run, train_cohort, x_at = _released(real, args.anon_train, p.channels, p.resolution)
         x_ot, y_t = load_real(real, train_cohort.anon_source), real.labels()[train_cohort.anon_source]
-        r_t = stage1_reconstructions(model, x_ot, keys(train_cohort), train_run.run.get("config", {}), 64, "cpu")
+        arms["reconstructions"] = stage1_reconstructions(model, x_ot, keys(train_cohort),
+                                                         train_run.run.get("config", {}), 64, "cpu")
         pair = (x_at, x_ot, y_t)
+        if args.noise:  # trained beside the other arms, against the same originals arm
+            lo, hi = (float(v) for v in args.noise.split(","))
+            g = torch.Generator().manual_seed(0)
+            sd = torch.empty(len(x_at), 1, 1, 1).uniform_(lo, hi, generator=g)
+            arms["noisy"] = (x_at + sd * torch.randn(x_at.shape, generator=g)).clamp(0, 1)
     reference = cohort.reference
     x_ref, y_ref = load_real(real, reference), real.labels()[reference]
     common = dict(cache_key=(args.real, tuple(int(i) for i in reference)))  # one set of nets for every run
     findings = list(real.findings)
     out = {"seeds": cfg.seeds, "runs": {}}
     main_run = independent_utility(x_ref, y_ref, x_anon, x_src, y, findings, "cpu", cfg, pair,
-                                   recon_train=r_t, x_rec=x_rec, **common)
+                                   train_arms=arms, x_rec=x_rec, **common)
     out["runs"][args.anon] = main_run
     for folder in args.also:
         other, other_cohort, x_other = _released(real, folder, p.channels, p.resolution)
@@ -81,13 +87,6 @@ def main() -> None:
             raise SystemExit(f"{folder}: not the same source images as {args.anon}")
         x_other = x_other[[position[int(k)] for k in cohort.anon_source]]  # in --anon's order (pseudonyms differ)
         out["runs"][folder] = independent_utility(x_ref, y_ref, x_other, x_src, y, findings, "cpu", cfg, **common)
-    if args.noise and pair is not None:
-        lo, hi = (float(v) for v in args.noise.split(","))
-        g = torch.Generator().manual_seed(0)
-        sd = torch.empty(len(x_at), 1, 1, 1).uniform_(lo, hi, generator=g)
-        noisy = (x_at + sd * torch.randn(x_at.shape, generator=g)).clamp(0, 1)
-        out["noise_arm"] = independent_utility(x_ref, y_ref, x_anon, x_src, y, findings, "cpu", cfg,
-                                               (noisy, x_ot, y_t), **common)["train_on_anonymized"]
     for folder, m in out["runs"].items():
         print(f"{folder}: ratio {m['ratio']:.3f} (per seed {', '.join(f'{r:.3f}' for r in m['ratio_per_seed'])})"
               + (f", reconstructions {m['ratio_reconstructions']:.3f}" if "ratio_reconstructions" in m else ""))
@@ -96,9 +95,8 @@ def main() -> None:
         print(f"train on anonymized / originals / reconstructions: {t['macro_auroc_trained_on_anonymized']:.3f} / "
               f"{t['macro_auroc_trained_on_originals']:.3f} / {t['macro_auroc_trained_on_reconstructions']:.3f}; "
               f"gap {t['gap']:.3f}, stage-1 gap {t['gap_reconstructions']:.3f}")
-    if "noise_arm" in out:
-        print(f"train on anonymized + noise: {out['noise_arm']['macro_auroc_trained_on_anonymized']:.3f}, "
-              f"gap {out['noise_arm']['gap']:.3f}")
+    if t and "gap_noisy" in t:
+        print(f"train on anonymized + noise: {t['macro_auroc_trained_on_noisy']:.3f}, gap {t['gap_noisy']:.3f}")
     if args.json:
         atomic_write_json(args.json, jsonable(out))
 

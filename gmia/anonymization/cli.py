@@ -122,9 +122,9 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
     OUT/private/ holds the resume key (and the linkage with --write-linkage): never release that folder."""
     from .runner import anonymize_dataset, parse_shard
 
-    calibration = None
+    calibration = table = None
     if target_auc is not None:
-        calibration = _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw)
+        calibration, table = _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw)
         redraw, margin = calibration["redraw"], calibration.get("margin")  # the setting the table measured
     cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, patience=patience, refine_steps=refine_steps,
@@ -133,6 +133,11 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
                            redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form, seed=seed, engine=engine,
                            correction=correction)
+    if table is not None:  # the table's AUCs are those of the stage-2 settings it was measured with
+        from ..evaluation.calibrate import check_settings
+        from ..networks import checkpoint_dir
+
+        check_settings(table, cfg, checkpoint_dir(preset, checkpoints) / "calibration.json")
     shard_t = parse_shard(shard)
     # opened before --dry-run returns, so that a dry run also checks the input (its index: no image is read)
     data = open_input(preset, input_dir, dataset, data_root, split, labels, image_column, patient_column, findings)
@@ -156,8 +161,8 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
         raise SystemExit(3)
 
 
-def _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw) -> dict:
-    """--target-auc: the setting the preset's calibration table gives (gmia.evaluation.calibrate)."""
+def _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw) -> tuple[dict, dict]:
+    """--target-auc: the setting the preset's calibration table gives (gmia.evaluation.calibrate), and the table."""
     from ..errors import ConfigError
     from ..evaluation.calibrate import load_calibration, pick_setting
     from ..networks import checkpoint_dir
@@ -167,11 +172,12 @@ def _calibrated(preset, checkpoints, target_auc, privacy, margin, redraw) -> dic
                           "leave out --margin and --redraw (--privacy picks the level's table)")
     folder = checkpoint_dir(preset, checkpoints)
     level_margin = anonymize_config(preset, privacy=privacy).margin  # the named level's, or the preset's default
-    setting = pick_setting(load_calibration(folder, level_margin), target_auc)
+    table = load_calibration(folder, level_margin)
+    setting = pick_setting(table, target_auc)
     at = f", margin {setting['margin']:g}" if setting.get("margin") is not None else ""
     click.echo(f"--target-auc {target_auc:g}: redraw {setting['redraw']:g}{at}, expected adaptive own-source AUC "
                f"{setting['expected_auc']:.3f} ({folder / 'calibration.json'})", err=True)
-    return setting
+    return setting, table
 
 
 @click.command("fit-domain")

@@ -32,7 +32,8 @@ from ..runs import environment, log
 from .adaptive import AdaptiveConfig
 from .evaluate import EvalConfig, evaluate
 
-__all__ = ["CalibrationConfig", "calibrate", "pick_setting", "load_calibration", "CALIBRATION_FILE"]
+__all__ = ["CalibrationConfig", "calibrate", "pick_setting", "load_calibration", "check_settings", "settings_of",
+           "CALIBRATION_FILE"]
 
 CALIBRATION_FILE = "calibration.json"  # beside the weights: checkpoints/<preset>/calibration.json
 _ROLES = ("aegan", "identity", "utility", "latent-prior", "latent-split")
@@ -85,6 +86,31 @@ def _evaluated(folder: Path, runs: dict, cfg: CalibrationConfig) -> dict | None:
     return m if same else None
 
 
+def settings_of(anon_cfg) -> dict:
+    """The stage-2 settings a table holds for: every field that changes what is released, but the two a table sets
+    (redraw, margin) and the ones that change the pixels and not the method (the run seed, precision, bit depth)."""
+    from ..anonymization.config import RESULT_FIELDS, config_dict
+
+    d = config_dict(anon_cfg)
+    return {k: d[k] for k in RESULT_FIELDS if k not in ("redraw", "margin", "seed", "precision", "output_bits")}
+
+
+def check_settings(table: dict, anon_cfg, path) -> None:
+    """Refuse a run whose stage-2 settings are not the ones ``table`` was measured with: its AUCs are those of the
+    settings measured (a table that did not record them is taken as it is)."""
+    held = table.get("settings")
+    if held is None:
+        return
+    now = settings_of(anon_cfg)
+    changed = [k for k in now if k in held and held[k] != now[k]]
+    if changed:
+        raise ConfigError(f"{path}: the table at m = {table.get('margin'):g} was measured with "
+                          + ", ".join(f"{k}={held[k]}" for k in changed) + "; this run sets "
+                          + ", ".join(f"{k}={now[k]}" for k in changed) + ". Its AUCs hold for the settings "
+                          "measured: leave those flags out, or measure a table with these settings as the preset's "
+                          "(`gmia calibrate`)")
+
+
 def weights_of(folder: Path) -> dict:
     """sha256 of each file a calibration depends on (the ones present)."""
     out = {}
@@ -132,7 +158,7 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
         rows.append(_row(float(s), m))
         log(None, f"calibrate: redraw {s:.2f}: adaptive own-source AUC {rows[-1]['adaptive_auc_own_source']:.3f}")
     table = {"preset": preset, "privacy": level, "margin": margin,
-             "weights": weights_of(checkpoint_dir(preset, checkpoints)),
+             "weights": weights_of(checkpoint_dir(preset, checkpoints)), "settings": settings_of(anon_cfg),
              "protocol": {"data": str(data_dir), **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "eval"},
                           "eval": dataclasses.asdict(cfg.eval)},
              "rows": rows, "environment": environment()}

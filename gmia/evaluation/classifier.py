@@ -90,13 +90,15 @@ _TRAINED: dict = {}
 def independent_utility(x_train: torch.Tensor, y_train: np.ndarray, x_anon: torch.Tensor, x_src: torch.Tensor,
                         y: np.ndarray, findings: list[str], device, cfg: ClassifierConfig = ClassifierConfig(),
                         anon_train: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
-                        cache_key: tuple | None = None, recon_train: torch.Tensor | None = None,
+                        cache_key: tuple | None = None, train_arms: dict[str, torch.Tensor] | None = None,
                         x_rec: torch.Tensor | None = None) -> dict:
     """Both readings (module doc), each the mean over ``cfg.seeds`` / ``cfg.small_set_seeds`` networks (macro
     AUROC per network, then the mean; the ratio is of the means). ``anon_train``: (anonymized training images, their
-    originals, their labels); ``recon_train``: the stage-1 reconstructions of those originals (the third arm),
-    aligned with them; ``x_rec``: the stage-1 reconstructions of ``x_src``, scored beside them. ``cache_key``:
-    names the training set, so that a second call with the same key reuses the trained networks."""
+    originals, their labels); ``train_arms``: more training sets aligned with those originals, each trained like
+    them and reported as ``macro_auroc_trained_on_<name>`` and ``gap_<name>`` ("reconstructions": their stage-1
+    reconstructions, the limit of what a release from this G can teach); ``x_rec``: the stage-1 reconstructions of
+    ``x_src``, scored beside them. ``cache_key``: names the training set, so that a second call with the same key
+    reuses the trained networks."""
     key = None if cache_key is None else (*cache_key, cfg)
     nets = _TRAINED.get(key) if key is not None else None
     if nets is None:
@@ -129,7 +131,7 @@ def independent_utility(x_train: torch.Tensor, y_train: np.ndarray, x_anon: torc
         out["macro_auroc_reconstructions"] = rec
         out["ratio_reconstructions"] = rec / src if src and np.isfinite(src) else None
     if anon_train is not None:
-        out["train_on_anonymized"] = _train_on_small_sets(anon_train, recon_train, x_src, y, cfg, device)
+        out["train_on_anonymized"] = _train_on_small_sets(anon_train, train_arms or {}, x_src, y, cfg, device)
     return out
 
 
@@ -137,12 +139,11 @@ def _seeds(first: int, count: int) -> list[int]:
     return [first + k for k in range(max(1, count))]
 
 
-def _train_on_small_sets(anon_train, recon_train, x_test, y, cfg: ClassifierConfig, device) -> dict:
-    """The "train on anonymized, test on originals" reading (module doc): mean over ``cfg.small_set_seeds``."""
+def _train_on_small_sets(anon_train, more: dict, x_test, y, cfg: ClassifierConfig, device) -> dict:
+    """The "train on anonymized, test on originals" reading (module doc): mean over ``cfg.small_set_seeds``;
+    every arm of ``more`` is trained and scored the same way, against the same originals arm."""
     x_at, x_ot, y_t = anon_train
-    arms = {"anonymized": x_at, "originals": x_ot}
-    if recon_train is not None:
-        arms["reconstructions"] = recon_train
+    arms = {"anonymized": x_at, "originals": x_ot, **more}
     seeds = _seeds(cfg.seed, cfg.small_set_seeds)
     scores = {name: [macro_auroc(y, _logits(train_classifier(x, y_t, replace(cfg, seed=s), device,
                                                              steps=cfg.small_set_steps), x_test, device))
@@ -156,8 +157,7 @@ def _train_on_small_sets(anon_train, recon_train, x_test, y, cfg: ClassifierConf
            "macro_auroc_trained_on_originals": mean["originals"],
            "gap": mean["originals"] - mean["anonymized"],
            "gap_per_seed": [o - a for o, a in zip(scores["originals"], scores["anonymized"])]}
-    if recon_train is not None:
-        # the stage-1 limit: what G(E(x)) of the same images teaches, the most a release from this G can keep
-        out["macro_auroc_trained_on_reconstructions"] = mean["reconstructions"]
-        out["gap_reconstructions"] = mean["originals"] - mean["reconstructions"]
+    for name in more:
+        out[f"macro_auroc_trained_on_{name}"] = mean[name]
+        out[f"gap_{name}"] = mean["originals"] - mean[name]
     return out

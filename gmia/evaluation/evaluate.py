@@ -247,7 +247,7 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
                            f"{2 * cfg.classifier.batch_size})"}
     if cfg.max_reference is not None and len(reference) > cfg.max_reference:
         reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
-    anon_train = recon_train = None
+    anon_train, arms = None, {}
     if anon_train_dir is not None:
         p = get_preset(preset)
         tr = read_anonymized(anon_train_dir)
@@ -258,12 +258,13 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
             anon_train = (load_anonymized(tr, keep, p.channels, p.resolution), load_real(real, sources),
                           real.labels()[sources])
             if aegan is not None:
-                recon_train = stage1_reconstructions(aegan, anon_train[1], [real.keys()[i] for i in sources],
-                                                     tr.run.get("config", {}), cfg.batch_size, device)
+                keys = [real.keys()[i] for i in sources]
+                arms["reconstructions"] = stage1_reconstructions(aegan, anon_train[1], keys, tr.run.get("config", {}),
+                                                                 cfg.batch_size, device)
     return independent_utility(load_real(real, reference), real.labels()[reference], x_anon, x_src, y, findings,
                                device, cfg.classifier, anon_train,
                                cache_key=(str(real.root), tuple(int(i) for i in reference), str(device)),
-                               recon_train=recon_train, x_rec=x_rec)
+                               train_arms=arms, x_rec=x_rec)
 
 
 def _fidelity(nets, x_anon, x_src, x_rec, cfg, device) -> dict:

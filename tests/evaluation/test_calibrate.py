@@ -96,6 +96,30 @@ def test_target_auc_sets_the_redraw_and_refuses_the_unreachable(eval_checkpoints
         (folder / CALIBRATION_FILE).unlink()
 
 
+def test_target_auc_refuses_settings_the_table_was_not_measured_with(eval_checkpoints, eval_data):
+    from click.testing import CliRunner
+
+    from gmia.anonymization import anonymize_config
+    from gmia.cli import cli as main
+    from gmia.evaluation.calibrate import settings_of
+
+    folder = eval_checkpoints / "phantom-cxr64"
+    settings = settings_of(anonymize_config("phantom-cxr64"))
+    assert "redraw" not in settings and settings["lambda_mdl"] == 0.0
+    (folder / CALIBRATION_FILE).write_text(json.dumps({"tables": [{**TABLE, "weights": weights_of(folder),
+                                                                    "settings": settings}]}))
+    try:
+        args = ["anonymize", "--input", str(eval_data), "--out", "unused", "--checkpoints", str(eval_checkpoints),
+                "--dry-run", "--target-auc", "0.63"]
+        assert CliRunner().invoke(main, args).exit_code == 0                     # the preset's own settings
+        assert CliRunner().invoke(main, args + ["--seed", "3"]).exit_code == 0   # the same method, other noise
+        other = CliRunner().invoke(main, args + ["--lambda-mdl", "1"])
+        assert other.exit_code != 0
+        assert "measured with lambda_mdl=0.0; this run sets lambda_mdl=1.0" in other.output, other.output
+    finally:
+        (folder / CALIBRATION_FILE).unlink()
+
+
 @pytest.mark.slow
 def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(tmp_path, eval_data, eval_checkpoints):
     from gmia.evaluation import AdaptiveConfig, EvalConfig
@@ -115,6 +139,7 @@ def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(
     tables = json.loads(out.read_text())["tables"]
     assert [t["margin"] for t in tables] == [0.0, -0.3] and tables[0]["weights"] == w
     assert tables[0]["privacy"] == "medium" and tables[1]["rows"] == HIGH["rows"]
+    assert tables[0]["settings"]["lambda_surrogate"] == 1.0 and "redraw" not in tables[0]["settings"]
     runs = tmp_path / "runs" / f"m{table['margin']:g}"   # one folder per margin: its runs are other images
     assert (runs / "redraw1.00" / "train" / "manifest.jsonl").is_file()
     # every row at the table's margin, the E(x) row included (its own default level would be another)

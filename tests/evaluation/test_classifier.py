@@ -44,7 +44,7 @@ def test_a_finding_it_can_see_is_found_and_a_blank_copy_is_not():
     blank_small, _ = _images(96, 4)
     # the stage-1 arm given the originals themselves: same seeds, same images, so exactly the originals' reading
     out = independent_utility(x_train, y_train, blank, x, y, ["square", "noise"], "cpu", CFG,
-                              anon_train=(blank_small, x_small, y_small), recon_train=x_small.clone(), x_rec=x.clone())
+                              anon_train=(blank_small, x_small, y_small), train_arms={"reconstructions": x_small.clone()}, x_rec=x.clone())
     assert out["per_finding"]["square"]["originals"] > 0.9 and out["per_finding"]["square"]["anonymized"] < 0.7
     assert out["ratio"] < 0.9 and len(out["ratio_per_seed"]) == CFG.seeds
     assert out["lowest_finding"] == "square" and out["lowest_finding_ratio"] < 0.7
