@@ -100,6 +100,15 @@ def _reference_embeddings(net, real, indices, cfg, device) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 1))
 
 
+def _learning_rows(train_cohort, cohort) -> np.ndarray:
+    """The rows of an anonymized training run that a network may learn from: those of patients not evaluated, in
+    source order, not in the run's (pseudonym) order. Two runs of the same images then train on the same sequence
+    of batches, so two settings differ by what their releases teach and not by the shuffle (one 400-image
+    classifier arm had moved by 0.036 between two runs of the same originals)."""
+    keep = np.flatnonzero(~np.isin(train_cohort.anon_patient, np.unique(cohort.anon_patient)))
+    return keep[np.argsort(train_cohort.anon_source[keep], kind="stable")]
+
+
 def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, device, gallery_args) -> dict:
     """Retrain the attacker on the anonymized training patients, then attack the evaluated images."""
     if anon_train_dir is None:
@@ -108,7 +117,7 @@ def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, d
     train_set = read_anonymized(anon_train_dir)
     train_cohort = match(real, train_set)
     overlap = np.isin(train_cohort.anon_patient, np.unique(cohort.anon_patient))
-    keep = np.flatnonzero(~overlap)
+    keep = _learning_rows(train_cohort, cohort)
     if len(np.unique(train_cohort.anon_patient[keep])) < 2:
         return {"skipped": f"{anon_train_dir}: fewer than 2 patients that are not also evaluated"}
     p = get_preset(preset)
@@ -252,11 +261,7 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
         p = get_preset(preset)
         tr = read_anonymized(anon_train_dir)
         tc = match(real, tr)
-        keep = np.flatnonzero(~np.isin(tc.anon_patient, np.unique(cohort.anon_patient)))
-        # in source order, not in the run's (pseudonym) order: two runs of the same images then train every arm on
-        # the same sequence of batches (the originals and reconstructions arms read exactly alike), and the gaps of
-        # two settings differ by what the releases teach, not by the shuffle (a 400-image arm moves by ~0.03)
-        keep = keep[np.argsort(tc.anon_source[keep], kind="stable")]
+        keep = _learning_rows(tc, cohort)
         if len(keep) >= cfg.classifier.batch_size:
             sources = tc.anon_source[keep]
             anon_train = (load_anonymized(tr, keep, p.channels, p.resolution), load_real(real, sources),
