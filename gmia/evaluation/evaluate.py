@@ -116,7 +116,6 @@ def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, d
                            "needs anonymized images of patients other than the evaluated ones to learn from"}
     train_set = read_anonymized(anon_train_dir)
     train_cohort = match(real, train_set)
-    overlap = np.isin(train_cohort.anon_patient, np.unique(cohort.anon_patient))
     keep = _learning_rows(train_cohort, cohort)
     if len(np.unique(train_cohort.anon_patient[keep])) < 2:
         return {"skipped": f"{anon_train_dir}: fewer than 2 patients that are not also evaluated"}
@@ -152,7 +151,7 @@ def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, d
     out["strongest"] = {"architecture": info["architecture"], "seed": info["seed"],
                         "rule": "highest own-source linkability max(AUC, 1 - AUC) over families x seeds"}
     out["training"] = {**info, "anonymized_images": int(len(keep)), "dropped_overlapping_patients":
-                       int(overlap.sum()), "config": asdict(cfg.adaptive)}
+                       len(train_cohort.anon_patient) - len(keep), "config": asdict(cfg.adaptive)}
     return out
 
 
