@@ -113,7 +113,8 @@ def main() -> None:
     out = Path(args.out)
     mfm_root = args.mfm_checkpoints or args.checkpoints
     changes = {k: v for k, v in dict(max_steps=args.max_steps, batch_size=args.batch_size).items() if v is not None}
-    cfg = anonymize_config(args.preset, privacy=args.privacy, margin=args.margin, **changes)
+    # the base variant is the preset without the term (the faces' preset has it on), the other adds it
+    cfg = anonymize_config(args.preset, privacy=args.privacy, margin=args.margin, lambda_mdl=0.0, **changes)
     ds = PhantomFolder(args.data, split=args.split)
     mfm = networks.load(args.preset, "mfm", mfm_root, device=args.device)
     dec = load_decoupler(args.decoupler, device=args.device)

@@ -62,3 +62,15 @@ def test_the_amortized_correction_is_a_share():
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match=r"correction must be in \[0, 1\]"):
             anonymize_config("phantom-cxr64", correction=bad)
+
+
+def test_the_mfm_term_is_the_faces_optimizer_default_only():
+    from gmia.anonymization import anonymize_config
+
+    assert anonymize_config("phantom-face64").lambda_mdl == 1.0 and anonymize_config("phantom-cxr64").lambda_mdl == 0.0
+    # the fast profile and the amortized engine were measured without it (their network learned without it) ...
+    assert anonymize_config("phantom-face64", speed="fast").lambda_mdl == 0.0
+    assert anonymize_config("phantom-face64", engine="amortized").lambda_mdl == 0.0
+    # ... and a flag still wins over both
+    assert anonymize_config("phantom-face64", engine="amortized", lambda_mdl=2.0).lambda_mdl == 2.0
+    assert anonymize_config("phantom-face64", speed="fast", lambda_mdl=0.5).lambda_mdl == 0.5

@@ -96,10 +96,13 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
     if cfg.lambda_mdl > 0:  # the third objective: MFM features split by the MDL decoupler
         from ..decoupling import MDLTerm, load_decoupler
 
-        mfm = networks.load(cfg.preset, "mfm", checkpoints, device=device)
+        try:
+            mfm, decoupler = networks.load(cfg.preset, "mfm", checkpoints, device=device), load_decoupler(folder)
+        except CheckpointError as exc:  # the faces' preset turns the term on: say how to run without it
+            raise CheckpointError(f"{exc} (the foundation-model term needs both; --lambda-mdl 0 runs without it)") \
+                from exc
         convnets.append(mfm)
-        extra.append(MDLTerm(mfm, load_decoupler(folder), cfg.lambda_sem, cfg.lambda_mid, cfg.mdl_margin,
-                             weight=cfg.lambda_mdl))
+        extra.append(MDLTerm(mfm, decoupler, cfg.lambda_sem, cfg.lambda_mid, cfg.mdl_margin, weight=cfg.lambda_mdl))
         roles += ["mfm", "decoupler"]
     if cfg.lambda_lesion > 0:  # keep the lesion map (face presets: E_ut also segments)
         extra.append(LesionTerm(e_ut, cfg.lambda_lesion))

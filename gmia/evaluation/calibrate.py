@@ -37,6 +37,7 @@ __all__ = ["CalibrationConfig", "calibrate", "pick_setting", "load_calibration",
 
 CALIBRATION_FILE = "calibration.json"  # beside the weights: checkpoints/<preset>/calibration.json
 _ROLES = ("aegan", "identity", "utility", "latent-prior", "latent-split")
+_MDL_ROLES = ("mfm", "decoupler")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def _evaluated(folder: Path, runs: dict, cfg: CalibrationConfig) -> dict | None:
     released = {split: json.loads((r / "run.json").read_text()).get("summary", {}).get("released")
                 for split, r in runs.items()}
     trained = m.get("privacy", {}).get("adaptive_attacker", {}).get("training", {}).get("anonymized_images")
-    privacy_only = lambda c: {k: v for k, v in c.items() if k not in ("independent_classifier", "classifier")}  # noqa: E731
+    extras = ("independent_classifier", "classifier", "segmenter")
+    privacy_only = lambda c: {k: v for k, v in c.items() if k not in extras}  # noqa: E731
     same = (privacy_only(m.get("config") or {}) == privacy_only(json.loads(json.dumps(dataclasses.asdict(cfg.eval))))
             and m.get("inputs", {}).get("manifest", {}).get("released") == released[cfg.test_split]
             and trained == released["train"])
@@ -111,10 +113,11 @@ def check_settings(table: dict, anon_cfg, path) -> None:
                           "(`gmia calibrate`)")
 
 
-def weights_of(folder: Path) -> dict:
-    """sha256 of each file a calibration depends on (the ones present)."""
+def weights_of(folder: Path, anon_cfg=None) -> dict:
+    """sha256 of each file a calibration depends on (the ones present): with the MFM term on (``anon_cfg``), the
+    foundation model and its decoupler too."""
     out = {}
-    for role in _ROLES:
+    for role in _ROLES + (_MDL_ROLES if anon_cfg is not None and anon_cfg.lambda_mdl > 0 else ()):
         try:
             out[role] = read_card(folder, role)["sha256"]
         except Exception:  # a preset without that file: not part of the fingerprint
@@ -158,7 +161,7 @@ def calibrate(preset: str, data_dir: str | Path, out_file: str | Path, *, checkp
         rows.append(_row(float(s), m))
         log(None, f"calibrate: redraw {s:.2f}: adaptive own-source AUC {rows[-1]['adaptive_auc_own_source']:.3f}")
     table = {"preset": preset, "privacy": level, "margin": margin,
-             "weights": weights_of(checkpoint_dir(preset, checkpoints)), "settings": settings_of(anon_cfg),
+             "weights": weights_of(checkpoint_dir(preset, checkpoints), anon_cfg), "settings": settings_of(anon_cfg),
              "protocol": {"data": str(data_dir), **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "eval"},
                           "eval": dataclasses.asdict(cfg.eval)},
              "rows": rows, "environment": environment()}

@@ -44,6 +44,7 @@ from ..runs import log
 from . import plots
 from .adaptive import AdaptiveConfig, train_adaptive_attacker
 from .classifier import ClassifierConfig, independent_utility
+from .segmenter import SegmenterConfig, independent_dice
 from .fidelity import frechet_distance, image_fidelity, perceptual_metric
 from .privacy import fast_auc, reid_metrics, unit, reid_pairs, record_privacy, roc_points
 from .records import batched, load_anonymized, load_real, match, read_anonymized
@@ -65,7 +66,8 @@ class EvalConfig:
     seed: int = 0
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    independent_classifier: bool = True  # train the ResNet-18 of classifier.py (minutes on a CPU)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    independent_classifier: bool = True  # train the ResNet-18s of classifier.py and segmenter.py (minutes on a CPU)
 
 
 def _folder(preset: str, root: Path, name: str) -> Path:
@@ -236,11 +238,30 @@ def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, c
     out["independent_classifier"] = _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg,
                                                  device, nets.get("aegan"), x_rec)
     if masks is not None and getattr(e_ut, "has_segmentation", False):
-        out["lesion_dice"] = lesion_dice(run_net(e_ut.segment, x_anon, cfg.batch_size, device),
-                                         run_net(e_ut.segment, x_src, cfg.batch_size, device), masks.numpy())
+        out["lesion_dice"] = {"view": "E_ut's own segmentation head (the lesion term optimized against it: not an "
+                                      "independent reading)",
+                              **lesion_dice(run_net(e_ut.segment, x_anon, cfg.batch_size, device),
+                                            run_net(e_ut.segment, x_src, cfg.batch_size, device), masks.numpy())}
+        out["independent_segmenter"] = _independent_segmenter(real, cohort, x_anon, x_src, masks, cfg, device)
     else:
         out["lesion_dice"] = {"skipped": "no lesion masks in the real dataset or no segmentation head in E_ut"}
     return out
+
+
+def _training_originals(cohort, cfg: EvalConfig) -> np.ndarray:
+    """The real training originals the reference networks learn from (at most cfg.max_reference, seeded)."""
+    reference = cohort.reference
+    if cfg.max_reference is not None and len(reference) > cfg.max_reference:
+        reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
+    return reference
+
+
+def _independent_segmenter(real, cohort, x_anon, x_src, masks, cfg, device) -> dict:
+    """The U-Net of ``segmenter.py``, trained on the real training originals' lesion masks."""
+    if not cfg.independent_classifier:
+        return {"skipped": "turned off (EvalConfig.independent_classifier)"}
+    x_train, m_train = load_real(real, _training_originals(cohort, cfg), with_masks=True)
+    return independent_dice(x_train, m_train, x_anon, x_src, masks.numpy(), device, cfg.segmenter)
 
 
 def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, preset, cfg, device, aegan=None,
@@ -249,12 +270,10 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
     with a stage-1 model (``aegan``, ``x_rec``), on its reconstructions as well: the limit stage 1 sets."""
     if not cfg.independent_classifier:
         return {"skipped": "turned off (EvalConfig.independent_classifier)"}
-    reference = cohort.reference
+    reference = _training_originals(cohort, cfg)
     if len(reference) < 2 * cfg.classifier.batch_size:
         return {"skipped": f"only {len(reference)} training originals (the classifier needs "
                            f"{2 * cfg.classifier.batch_size})"}
-    if cfg.max_reference is not None and len(reference) > cfg.max_reference:
-        reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
     anon_train, arms = None, {}
     if anon_train_dir is not None:
         p = get_preset(preset)
@@ -387,9 +406,7 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
                            {"skipped": shas["aegan"]})
 
     # ---- record-level privacy (attacker space)
-    reference = cohort.reference
-    if cfg.max_reference is not None and len(reference) > cfg.max_reference:
-        reference = np.sort(np.random.default_rng(cfg.seed).choice(reference, cfg.max_reference, replace=False))
+    reference = _training_originals(cohort, cfg)
     e_train = _reference_embeddings(atk, real, reference, cfg, device)
     is_source = cohort.anon_source[:, None] == cohort.gallery[None, :]
     record = record_privacy(e_anon, e_src, cohort.anon_patient, e_train if len(reference) else np.zeros((0, e_anon.shape[1])),

@@ -52,7 +52,11 @@ ACCEPTANCE = (
                                                                              "lowest_finding_ratio"), ">=", 0.90),
     ("independent classifier: trained on anonymized vs originals, gap", ("utility", "independent_classifier",
                                                                        "train_on_anonymized", "gap"), "<=", 0.03),
-    ("lesion Dice: anonymized / originals (face presets)", ("utility", "lesion_dice", "ratio"), ">=", 0.85),
+    # the lesion map: a segmenter the optimizer never saw (segmenter.py), and E_ut's own head, which it pleased
+    ("independent segmenter: lesion Dice anonymized / originals (face presets)", ("utility", "independent_segmenter",
+                                                                                "ratio"), ">=", 0.85),
+    ("E_ut's segmentation: lesion Dice anonymized / originals (face presets)", ("utility", "lesion_dice", "ratio"),
+     ">=", 0.85),
 )
 
 # bar -> the floor it yields to: (path of the floor's AUC, what is added to it)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gmia.anonymization import Item, LatentOptimizer, anonymize_config, load_engine
+from gmia.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +119,18 @@ def test_mdl_term_is_wired_in_when_its_weight_is_set(tiny_checkpoints, tmp_path)
 
     root = tmp_path / "ck"
     shutil.copytree(tiny_checkpoints, root)
+    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0, lambda_surrogate=0.0)
     kw = dict(in_channels=1, resolution=32, widths=(8, 16, 16), latent_channels=4, decoder=True, projection_dim=8)
     mfm = MFMNet(**kw)
     save_module(mfm, kw, root / "phantom-cxr64", "mfm", meta={"preset": "phantom-cxr64"})
+    with pytest.raises(CheckpointError, match=r"no decoupler in .*--lambda-mdl 0 runs without it"):
+        load_engine(cfg, root)  # an MFM without its decoupler: named, and how to go on without the term
     d = mfm.eval().features(torch.rand(1, 1, 64, 64)).shape[1]
     dec = Decoupler(d, 2, margin=0.1, semantic_scale=1.0)
     with torch.no_grad():
         dec.filters.copy_(torch.randn(d, 2))
         dec.patterns.copy_(torch.randn(d, 2))
     save_decoupler(dec, root / "phantom-cxr64")
-    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0, lambda_surrogate=0.0)
     eng = load_engine(cfg, root)
     assert [t.name for t in eng.objective.extra] == ["mdl"] and {"mfm", "decoupler"} <= set(eng.checkpoints)
     x = torch.rand(2, 1, 64, 64)

@@ -52,6 +52,16 @@ def test_a_table_of_other_weights_is_refused(eval_checkpoints):
         load_calibration(folder, 0.0)
 
 
+def test_a_table_measured_with_the_mfm_term_also_belongs_to_the_foundation_model(eval_checkpoints):
+    from gmia.anonymization import anonymize_config
+
+    folder = eval_checkpoints / "phantom-cxr64"
+    without, with_term = (weights_of(folder, anonymize_config("phantom-cxr64", lambda_mdl=v)) for v in (0.0, 1.0))
+    assert "mfm" not in without and without == weights_of(folder)
+    # the toy folder has an MFM and no decoupler: the roles present are fingerprinted
+    assert with_term == {**without, "mfm": json.loads((folder / "mfm.json").read_text())["sha256"]}
+
+
 def test_one_table_per_level_and_a_level_not_measured_is_named(eval_checkpoints):
     folder = eval_checkpoints / "phantom-cxr64"
     w = weights_of(folder)

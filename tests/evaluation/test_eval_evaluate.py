@@ -58,6 +58,7 @@ def test_metrics_json_sections_and_keys(identity_metrics):
     assert "dice_anonymized" in u["lesion_dice"]
     # the ResNet-18 needs a real training set (tests/evaluation/test_classifier.py); this toy one is too small
     assert "training originals" in u["independent_classifier"]["skipped"]
+    assert "training originals with masks" in u["independent_segmenter"]["skipped"]
     f = on_disk["fidelity"]
     assert f["perceptual"] in ("lpips", "mfm_feature_distance")
     assert f["frechet"]["anonymized_vs_originals"] == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,85 @@
+"""Lesion Dice of released face images, as a segmenter the optimizer never saw reads it and as E_ut's head does.
+
+    python experiments/lesion_dice.py --anon outputs/eval/phantom-face64/anon-test-medium \
+        [--also RUN ...] [--seeds 2]
+
+``gmia evaluate``'s two lesion readings without the rest: U-Nets on a ResNet-18 encoder (``gmia.evaluation.segmenter``,
+the same seeds and epochs), trained on the real training originals' masks, and E_ut's segmentation head, which the
+lesion term optimized against. Each segments the released images of ``--anon`` (and of every ``--also`` run of the
+same images) and their sources; Dice against the sources' masks, over images with a lesion. Minutes per seed on a
+CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from gmia import data, networks
+from gmia.config import get_preset
+from gmia.evaluation.records import load_anonymized, load_real, match, read_anonymized
+from gmia.evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+from gmia.evaluation.utility import lesion_dice, run_net
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="phantom-face64")
+    ap.add_argument("--real", default=None, help="phantom folder with masks (default data/<preset>)")
+    ap.add_argument("--anon", required=True, help="anonymized images (with private/linkage.csv)")
+    ap.add_argument("--also", nargs="*", default=[], help="other runs of the same images, scored by the same nets")
+    ap.add_argument("--seeds", type=int, default=SegmenterConfig.seeds)
+    ap.add_argument("--epochs", type=int, default=SegmenterConfig.epochs)
+    ap.add_argument("--max-reference", type=int, default=4000, help="training originals to learn from (as evaluate)")
+    ap.add_argument("--checkpoints", default="checkpoints")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    p = get_preset(args.preset)
+    real = data.open(args.real or f"data/{args.preset}", size=p.resolution, channels=p.channels)
+    if not real.has_masks:
+        raise SystemExit(f"{real.root}: no lesion masks to score against")
+    e_ut = networks.load(args.preset, "utility", args.checkpoints, "cpu")
+
+    runs = {}
+    first = None
+    for folder in [args.anon, *args.also]:
+        run = read_anonymized(folder)
+        cohort = match(real, run)
+        x = load_anonymized(run, range(len(run.pseudonyms)), p.channels, p.resolution)
+        if first is None:
+            first = cohort
+        else:  # in --anon's order (the pseudonyms differ between runs)
+            position = {int(k): i for i, k in enumerate(cohort.anon_source)}
+            if sorted(position) != sorted(int(k) for k in first.anon_source):
+                raise SystemExit(f"{folder}: not the same source images as {args.anon}")
+            x = x[[position[int(k)] for k in first.anon_source]]
+        runs[folder] = x
+    x_src, masks = load_real(real, first.anon_source, with_masks=True)
+    target = masks.numpy()
+    reference = first.reference  # the same sample of training originals as gmia evaluate (seed 0)
+    if len(reference) > args.max_reference:
+        reference = np.sort(np.random.default_rng(0).choice(reference, args.max_reference, replace=False))
+    x_train, m_train = load_real(real, reference, with_masks=True)
+
+    cfg = replace(SegmenterConfig(), epochs=args.epochs)
+    nets = [train_segmenter(x_train, m_train, replace(cfg, seed=cfg.seed + k), "cpu") for k in range(args.seeds)]
+    src_maps = [segment(net, x_src, "cpu") for net in nets]
+    e_ut_src = run_net(e_ut.segment, x_src, 128, "cpu")
+    print(f"{len(x_src)} images, {int((target.reshape(len(target), -1) > 0.5).any(1).sum())} with a lesion; "
+          f"segmenters trained on {len(x_train)} training originals")
+    for folder, x in runs.items():
+        each = [lesion_dice(segment(net, x, "cpu"), s, target) for net, s in zip(nets, src_maps)]
+        anon, src = np.mean([e["dice_anonymized"] for e in each]), np.mean([e["dice_originals"] for e in each])
+        ratios = [e["ratio"] for e in each]
+        own = lesion_dice(run_net(e_ut.segment, x, 128, "cpu"), e_ut_src, target)
+        print(f"{folder}: independent {anon:.3f} / {src:.3f} = {anon / src:.3f} "
+              f"(per seed {', '.join(f'{r:.3f}' for r in ratios)}); "
+              f"E_ut {own['dice_anonymized']:.3f} / {own['dice_originals']:.3f} = {own['ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
