@@ -20,6 +20,7 @@ import torch
 
 from gmia import data, networks
 from gmia.config import get_preset
+from gmia.evaluation.evaluate import EvalConfig, training_originals
 from gmia.evaluation.records import load_anonymized, load_real, match, read_anonymized
 from gmia.evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from gmia.evaluation.utility import lesion_dice, run_net
@@ -33,7 +34,6 @@ def main() -> None:
     ap.add_argument("--also", nargs="*", default=[], help="other runs of the same images, scored by the same nets")
     ap.add_argument("--seeds", type=int, default=SegmenterConfig.seeds)
     ap.add_argument("--epochs", type=int, default=SegmenterConfig.epochs)
-    ap.add_argument("--max-reference", type=int, default=4000, help="training originals to learn from (as evaluate)")
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -60,10 +60,8 @@ def main() -> None:
         runs[folder] = x
     x_src, masks = load_real(real, first.anon_source, with_masks=True)
     target = masks.numpy()
-    reference = first.reference  # the same sample of training originals as gmia evaluate (seed 0)
-    if len(reference) > args.max_reference:
-        reference = np.sort(np.random.default_rng(0).choice(reference, args.max_reference, replace=False))
-    x_train, m_train = load_real(real, reference, with_masks=True)
+    # the same sample of training originals as gmia evaluate
+    x_train, m_train = load_real(real, training_originals(first, EvalConfig()), with_masks=True)
 
     cfg = replace(SegmenterConfig(), epochs=args.epochs)
     nets = [train_segmenter(x_train, m_train, replace(cfg, seed=cfg.seed + k), "cpu") for k in range(args.seeds)]

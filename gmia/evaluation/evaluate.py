@@ -248,7 +248,7 @@ def _utility(nets, real, cohort, x_anon, x_src, masks, anon_train_dir, preset, c
     return out
 
 
-def _training_originals(cohort, cfg: EvalConfig) -> np.ndarray:
+def training_originals(cohort, cfg: EvalConfig) -> np.ndarray:
     """The real training originals the reference networks learn from (at most cfg.max_reference, seeded)."""
     reference = cohort.reference
     if cfg.max_reference is not None and len(reference) > cfg.max_reference:
@@ -260,7 +260,7 @@ def _independent_segmenter(real, cohort, x_anon, x_src, masks, cfg, device) -> d
     """The U-Net of ``segmenter.py``, trained on the real training originals' lesion masks."""
     if not cfg.independent_classifier:
         return {"skipped": "turned off (EvalConfig.independent_classifier)"}
-    x_train, m_train = load_real(real, _training_originals(cohort, cfg), with_masks=True)
+    x_train, m_train = load_real(real, training_originals(cohort, cfg), with_masks=True)
     return independent_dice(x_train, m_train, x_anon, x_src, masks.numpy(), device, cfg.segmenter)
 
 
@@ -270,7 +270,7 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
     with a stage-1 model (``aegan``, ``x_rec``), on its reconstructions as well: the limit stage 1 sets."""
     if not cfg.independent_classifier:
         return {"skipped": "turned off (EvalConfig.independent_classifier)"}
-    reference = _training_originals(cohort, cfg)
+    reference = training_originals(cohort, cfg)
     if len(reference) < 2 * cfg.classifier.batch_size:
         return {"skipped": f"only {len(reference)} training originals (the classifier needs "
                            f"{2 * cfg.classifier.batch_size})"}
@@ -406,7 +406,7 @@ def evaluate(preset: str, real_dir: str | Path, anon_dir: str | Path, out_dir: s
                            {"skipped": shas["aegan"]})
 
     # ---- record-level privacy (attacker space)
-    reference = _training_originals(cohort, cfg)
+    reference = training_originals(cohort, cfg)
     e_train = _reference_embeddings(atk, real, reference, cfg, device)
     is_source = cohort.anon_source[:, None] == cohort.gallery[None, :]
     record = record_privacy(e_anon, e_src, cohort.anon_patient, e_train if len(reference) else np.zeros((0, e_anon.shape[1])),
