@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from gmia import data, networks
 from gmia.config import get_preset
 from gmia.evaluation.evaluate import EvalConfig, training_originals
 from gmia.evaluation.records import load_anonymized, load_real, match, read_anonymized
-from gmia.evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+from gmia.evaluation.segmenter import SegmenterConfig, dice_reading, segment, train_segmenters
 from gmia.evaluation.utility import lesion_dice, run_net
 
 
@@ -63,21 +62,17 @@ def main() -> None:
     # the same sample of training originals as gmia evaluate
     x_train, m_train = load_real(real, training_originals(first, EvalConfig()), with_masks=True)
 
-    cfg = replace(SegmenterConfig(), epochs=args.epochs)
-    nets = [train_segmenter(x_train, m_train, replace(cfg, seed=cfg.seed + k), "cpu") for k in range(args.seeds)]
-    src_maps = [segment(net, x_src, "cpu") for net in nets]
+    nets = train_segmenters(x_train, m_train, replace(SegmenterConfig(), epochs=args.epochs, seeds=args.seeds), "cpu")
+    src_maps = [segment(net, x_src, "cpu") for net in nets]  # once, for every run
     e_ut_src = run_net(e_ut.segment, x_src, 128, "cpu")
     print(f"{len(x_src)} images, {int((target.reshape(len(target), -1) > 0.5).any(1).sum())} with a lesion; "
           f"segmenters trained on {len(x_train)} training originals")
     for folder, x in runs.items():
-        each = [lesion_dice(segment(net, x, "cpu"), s, target) for net, s in zip(nets, src_maps)]
-        anon, src = np.mean([e["dice_anonymized"] for e in each]), np.mean([e["dice_originals"] for e in each])
-        ratios = [e["ratio"] for e in each]
+        r = dice_reading(nets, x, x_src, target, "cpu", src_maps)
         own = lesion_dice(run_net(e_ut.segment, x, 128, "cpu"), e_ut_src, target)
-        print(f"{folder}: independent {anon:.3f} / {src:.3f} = {anon / src:.3f} "
-              f"(per seed {', '.join(f'{r:.3f}' for r in ratios)}); "
+        print(f"{folder}: independent {r['dice_anonymized']:.3f} / {r['dice_originals']:.3f} = {r['ratio']:.3f} "
+              f"(per seed {', '.join(f'{v:.3f}' for v in r['ratio_per_seed'])}); "
               f"E_ut {own['dice_anonymized']:.3f} / {own['dice_originals']:.3f} = {own['ratio']:.3f}")
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,8 @@ from torch import nn
 
 from .utility import lesion_dice
 
-__all__ = ["SegmenterConfig", "ResUNet", "train_segmenter", "segment", "independent_dice"]
+__all__ = ["SegmenterConfig", "ResUNet", "train_segmenter", "train_segmenters", "segment", "dice_reading",
+           "independent_dice"]
 
 
 @dataclass(frozen=True)
@@ -95,24 +96,34 @@ def segment(net: nn.Module, x: torch.Tensor, device, batch: int = 256) -> np.nda
                       for s in range(0, len(x), batch)]).numpy()
 
 
-def independent_dice(x_train: torch.Tensor, m_train: torch.Tensor, x_anon: torch.Tensor, x_src: torch.Tensor,
-                     target: np.ndarray, device, cfg: SegmenterConfig = SegmenterConfig()) -> dict:
-    """Lesion Dice of the anonymized images and of their sources against the sources' masks ``target``, as the
-    networks trained on (``x_train``, ``m_train``) see it; the mean over ``cfg.seeds`` networks (module doc)."""
-    if len(x_train) < cfg.batch_size:
-        return {"skipped": f"only {len(x_train)} training originals with masks (the segmenter needs "
-                           f"{cfg.batch_size})"}
-    seeds = [cfg.seed + k for k in range(max(1, cfg.seeds))]
-    each = []
-    for s in seeds:
-        net = train_segmenter(x_train, m_train, replace(cfg, seed=s), device)
-        each.append(lesion_dice(segment(net, x_anon, device), segment(net, x_src, device), target))
+def train_segmenters(x_train: torch.Tensor, m_train: torch.Tensor, cfg: SegmenterConfig, device) -> list[nn.Module]:
+    """One network per seed of ``cfg`` (seed, seed + 1, ...), trained on (``x_train``, ``m_train``)."""
+    return [train_segmenter(x_train, m_train, replace(cfg, seed=cfg.seed + k), device)
+            for k in range(max(1, cfg.seeds))]
+
+
+def dice_reading(nets: list[nn.Module], x_anon: torch.Tensor, x_src: torch.Tensor, target: np.ndarray, device,
+                 src_maps: list[np.ndarray] | None = None) -> dict:
+    """Lesion Dice of the anonymized images and of their sources against the sources' masks ``target``, per
+    network, and their means (module doc). ``src_maps``: the networks' maps of ``x_src``, when already made."""
+    src_maps = src_maps or [segment(net, x_src, device) for net in nets]
+    each = [lesion_dice(segment(net, x_anon, device), s, target) for net, s in zip(nets, src_maps)]
     anon = float(np.mean([e["dice_anonymized"] for e in each]))
     src = float(np.mean([e["dice_originals"] for e in each]))
-    return {"segmenter": "U-Net on a torchvision ResNet-18 encoder, from scratch (another family than E_ut's head; "
-                         "never seen by the optimizer)",
-            "trained_on": f"{len(x_train)} real training originals and their lesion masks", "config": cfg.__dict__,
-            "seeds": seeds, "dice_anonymized": anon, "dice_originals": src,
+    return {"dice_anonymized": anon, "dice_originals": src,
             "ratio": anon / src if src and np.isfinite(src) and np.isfinite(anon) else None,
             "ratio_per_seed": [e["ratio"] for e in each], "images_with_lesion": each[0]["images_with_lesion"],
             "reduction": each[0]["reduction"]}
+
+
+def independent_dice(x_train: torch.Tensor, m_train: torch.Tensor, x_anon: torch.Tensor, x_src: torch.Tensor,
+                     target: np.ndarray, device, cfg: SegmenterConfig = SegmenterConfig()) -> dict:
+    """``dice_reading`` of ``cfg.seeds`` networks trained on (``x_train``, ``m_train``), with what they are."""
+    if len(x_train) < cfg.batch_size:
+        return {"skipped": f"only {len(x_train)} training originals with masks (the segmenter needs "
+                           f"{cfg.batch_size})"}
+    return {"segmenter": "U-Net on a torchvision ResNet-18 encoder, from scratch (another family than E_ut's head; "
+                         "never seen by the optimizer)",
+            "trained_on": f"{len(x_train)} real training originals and their lesion masks", "config": cfg.__dict__,
+            "seeds": [cfg.seed + k for k in range(max(1, cfg.seeds))],
+            **dice_reading(train_segmenters(x_train, m_train, cfg, device), x_anon, x_src, target, device)}
