@@ -2,7 +2,7 @@
 
     python experiments/utility_arms.py --preset phantom-cxr64 --real data/phantom-cxr64 \
         --anon outputs/eval/phantom-cxr64/anon-test-medium [--anon-train outputs/eval/phantom-cxr64/anon-train-medium] \
-        [--also RUN ...] [--noise 0.005,0.03]
+        [--also RUN ...] [--noise 0.005,0.03] [--refine 200]
 
 ``gmia evaluate``'s independent-classifier readings (``gmia.evaluation.classifier``, the same ResNet-18, seeds and
 steps) without the attackers: the ResNet trained on the training originals scores the released images of
@@ -10,7 +10,9 @@ steps) without the attackers: the ResNet trained on the training originals score
 G(E(x)); the "train on anonymized, test on originals" pair gets its stage-1 arm and, with ``--noise LO,HI``, an
 arm trained on the releases with white noise of a standard deviation drawn per image from U(LO, HI) added (the
 phantom's own detector-noise range is 0.005-0.03 for the chest preset): does the smoothness of a release cost what
-a classifier learns from it? Minutes per seed on a CPU.
+a classifier learns from it? ``--refine N`` also scores the sources' reconstructions refined N steps in W+ (or W): whether G
+can render what the classifier reads when the pixels ask for it (the encoder's limit against the generator's).
+Minutes per seed on a CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from gmia.evaluation.classifier import ClassifierConfig, independent_utility
 from gmia.evaluation.evaluate import stage1_reconstructions
 from gmia.evaluation.records import load_anonymized, load_real, match, read_anonymized
 from gmia.fileio import atomic_write_json, jsonable
-from gmia.projection.project import load_aegan
+from gmia.projection.project import load_aegan, project_images
 
 
 def _released(real, folder: str, channels: int, size: int):
@@ -45,6 +47,11 @@ def main() -> None:
                     "the first reading only)")
     ap.add_argument("--also", nargs="*", default=[], help="other runs of the same images, scored by the same nets")
     ap.add_argument("--noise", default=None, help="LO,HI: add an arm trained on releases + noise of sd ~ U(LO, HI)")
+    ap.add_argument("--refine", type=int, default=0, help="also score the sources' reconstructions refined this many "
+                    "Adam steps in W+ (MSE + 1 - SSIM): what G can render of the findings when asked for the image")
+    ap.add_argument("--refine-lr", type=float, default=0.1)
+    ap.add_argument("--refine-space", choices=["w", "w+"], default="w+", help="one code for the image (w, what stage 2 "
+                    "moves) or one per layer (w+)")
     ap.add_argument("--seeds", type=int, default=ClassifierConfig.seeds)
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--threads", type=int, default=1)
@@ -80,6 +87,11 @@ def main() -> None:
     main_run = independent_utility(x_ref, y_ref, x_anon, x_src, y, findings, "cpu", cfg, pair,
                                    train_arms=arms, x_rec=x_rec, **common)
     out["runs"][args.anon] = main_run
+    if args.refine:  # G's range, not the encoder's: the reconstruction refined towards each source
+        refined = torch.cat([project_images(model, x_src[s:s + 64], args.refine, args.refine_lr, lambda_ssim=1.0,
+                                            refine_space=args.refine_space)["x_hat"] for s in range(0, len(x_src), 64)])
+        out["runs"][f"refined{args.refine}-{args.refine_space}"] = independent_utility(x_ref, y_ref, refined, x_src, y, findings, "cpu",
+                                                                   cfg, **common)
     for folder in args.also:
         other, other_cohort, x_other = _released(real, folder, p.channels, p.resolution)
         position = {int(k): i for i, k in enumerate(other_cohort.anon_source)}

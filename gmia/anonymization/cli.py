@@ -73,6 +73,10 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               "(default: the decoupler's calibrated one).")
 @click.option("--lambda-lesion", type=float, default=None,
               help="Weight of the lesion-map term (1 - soft Dice of E_ut's lesion maps; face presets).")
+@click.option("--lambda-place", type=float, default=None,
+              help="Weight of the finding-place term: pixel difference where E_ut sees the findings (0: off).")
+@click.option("--place-findings", default=None,
+              help="Comma-separated findings whose place that term keeps (default: all of E_ut's).")
 @click.option("--lambda-surrogate", type=float, default=None,
               help="Weight of the pull towards a generated surrogate identity (0: off). Needs "
                    "<preset>/latent-prior.safetensors.")
@@ -112,7 +116,8 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 @quiet_dry_run
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, correction,
               batch_size, max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
-              mdl_margin, lambda_lesion, lambda_surrogate, surrogate_cos, redraw, target_auc, lambda_ut,
+              mdl_margin, lambda_lesion, lambda_place, place_findings, lambda_surrogate, surrogate_cos, redraw,
+              target_auc, lambda_ut,
               utility_form, limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
               fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None,
               patient_column=None, findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None,
@@ -129,7 +134,9 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
     cfg = anonymize_config(preset, privacy=privacy, margin=margin, speed=speed, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, patience=patience, refine_steps=refine_steps,
                            precision=precision, lambda_mdl=lambda_mdl, lambda_sem=lambda_sem, lambda_mid=lambda_mid,
-                           mdl_margin=mdl_margin, lambda_lesion=lambda_lesion,
+                           mdl_margin=mdl_margin, lambda_lesion=lambda_lesion, lambda_place=lambda_place,
+                           place_findings=None if place_findings is None else
+                           tuple(f.strip() for f in place_findings.split(",") if f.strip()),
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
                            redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form, seed=seed, engine=engine,
                            correction=correction)

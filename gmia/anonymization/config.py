@@ -68,6 +68,9 @@ class AnonymizeConfig:
     lambda_mid: float = 1.0          # ... its MFM identity-code hinge weight
     mdl_margin: float | None = None  # ... m' of that hinge (None: the decoupler's calibrated margin)
     lambda_lesion: float = 0.0       # weight of the lesion-map term 1 - soft Dice (needs E_ut with a segmentation head)
+    lambda_place: float = 0.0        # weight of the finding-place term: RMS pixel difference where E_ut sees the
+    #                                  findings (its class-activation map of x_R; losses.FindingPlaceTerm)
+    place_findings: tuple[str, ...] = ()  # ... the findings whose place it keeps (empty: all of E_ut's)
     lambda_surrogate: float = 0.0    # weight of the surrogate-identity pull (0: off; needs <preset>/latent-prior.*)
     goal_steps: int = 100            # a row not private after this many steps drops its goal terms (surrogate)
     surrogate_cos: float = 0.7       # ... pulled until cos(E_id(x_A), E_id(G(w_T))) >= this (see surrogate.py)

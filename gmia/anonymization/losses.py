@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "soft_dice_distance", "Views", "Term",
-           "IdentityTerm", "UtilityTerm", "LesionTerm", "Objective"]
+__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "soft_dice_distance", "masked_pixel_distance",
+           "Views", "Term", "IdentityTerm", "UtilityTerm", "LesionTerm", "FindingPlaceTerm", "Objective"]
 
 
 def identity_cosine(e_a: torch.Tensor, e_r: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,13 @@ def soft_dice_distance(p_a: torch.Tensor, p_r: torch.Tensor, smooth: float = 1.0
     when both maps are empty (distance 0) and penalizes a lesion appearing where the source has none."""
     a, r = p_a.flatten(1), p_r.flatten(1)
     return 1 - (2 * (a * r).sum(1) + smooth) / (a.sum(1) + r.sum(1) + smooth)
+
+
+def masked_pixel_distance(x_a: torch.Tensor, x_r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-row RMS pixel difference (N,) inside a soft region ``weight`` (N, 1, S, S) in [0, 1]:
+    sqrt(Σ w·mean_c (x_a − x_r)² / (Σ w + 1)). The +1 (one pixel) fades the term out where the region is empty."""
+    sq = (x_a - x_r).square().mean(1, keepdim=True)
+    return ((weight * sq).flatten(1).sum(1) / (weight.flatten(1).sum(1) + 1)).clamp_min(1e-12).sqrt()
 
 
 class Views:
@@ -169,6 +176,36 @@ class LesionTerm:
 
     def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None) -> torch.Tensor:
         return soft_dice_distance(Views.of(x_a, views).segment(self.net), ref)
+
+
+class FindingPlaceTerm:
+    """λ_place · RMS(x_A − x_R) where E_ut sees the findings (its class-activation map of x_R, ``finding_map``).
+
+    E_ut's features say *that* a nodule is there, and the optimizer is content with any rendering E_ut reads as one;
+    a classifier of another family reads the finding's own pixels. This term keeps those pixels, and only where the
+    findings are: the anatomy around them is still re-drawn. ``findings``: names of the findings whose place is
+    kept (empty: all); a finding that is a patient's shape (cardiomegaly: the heart) would bring the patient back."""
+
+    name = "place"
+
+    def __init__(self, e_ut, weight: float = 1.0, findings: tuple[str, ...] = ()):
+        if not hasattr(e_ut, "finding_map"):
+            raise InputError(f"the finding-place term needs a utility network with a class-activation map "
+                             f"(gmia's UtilityNet); {type(e_ut).__name__} has none: set lambda_place to 0")
+        names = list(getattr(e_ut, "finding_names", ()))
+        unknown = [f for f in findings if f not in names]
+        if unknown:
+            raise InputError(f"place findings {', '.join(unknown)}: not findings of this utility network; valid: "
+                             f"{', '.join(names) or '(its card names none)'}")
+        self.net, self.weight = e_ut, float(weight)
+        self.findings = [names.index(f) for f in findings] if findings else None
+
+    def reference(self, x_r: torch.Tensor) -> torch.Tensor:
+        # the source and its finding map as one (N, C + 1, S, S) tensor: rows are compacted like every reference
+        return torch.cat([x_r, self.net.finding_map(x_r, self.findings).to(x_r.dtype)], dim=1)
+
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None) -> torch.Tensor:
+        return masked_pixel_distance(x_a, ref[:, :-1].to(x_a.dtype), ref[:, -1:].to(x_a.dtype))
 
 
 class Objective:

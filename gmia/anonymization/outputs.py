@@ -183,7 +183,13 @@ class RunFolder:
             atomic_write(self.private / "linkage.csv", buf.getvalue())
         counts = {s: sum(r["status"] == s for r in rows) for s in ("released", "withheld", "error")}
         run = json.loads((self.root / "run.json").read_text())
-        run["summary"] = {**summary, **counts, "records": len(rows)}
+        # every call's own counts and speed, oldest first: a resumed call processes only what was left, and its
+        # images per second must not replace the first call's
+        before = run.get("summary", {})
+        calls = before.get("calls", [before["this_call"]] if "this_call" in before else [])
+        if "this_call" in summary:
+            calls = [*calls, summary["this_call"]]
+        run["summary"] = {**summary, **counts, "records": len(rows), "calls": calls}
         atomic_write_json(self.root / "run.json", run)
         return run["summary"]
 

@@ -37,7 +37,7 @@ from .domain import DomainGuard
 from .config import (PRESETS, RESULT_DEFAULTS, RESULT_FIELDS, AnonymizeConfig, bf16_autocast, config_dict,
                      target_margin, use_bf16)
 from .gate import release, write_and_check
-from .losses import IdentityTerm, LesionTerm, Objective, UtilityTerm
+from .losses import FindingPlaceTerm, IdentityTerm, LesionTerm, Objective, UtilityTerm
 from .optimizer import Finished, Item, LatentOptimizer, noise_seeds
 from .outputs import RELEASE_MTIME, RunFolder
 
@@ -106,6 +106,8 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         roles += ["mfm", "decoupler"]
     if cfg.lambda_lesion > 0:  # keep the lesion map (face presets: E_ut also segments)
         extra.append(LesionTerm(e_ut, cfg.lambda_lesion))
+    if cfg.lambda_place > 0:  # keep the findings' own pixels, where E_ut sees them
+        extra.append(FindingPlaceTerm(e_ut, cfg.lambda_place, cfg.place_findings))
     if cfg.lambda_surrogate > 0:  # pull towards a generated nobody's identity (surrogate.py)
         from ..projection.prior import LatentPrior
         from .surrogate import SurrogateTerm

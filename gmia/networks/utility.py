@@ -189,5 +189,24 @@ class UtilityNet(FrozenNet):
             raise NotImplementedError(f"this {type(self).__name__} was built without segment=True")
         return torch.sigmoid(self.outputs(x)["mask_logits"])
 
+    def finding_map(self, x: torch.Tensor, findings: list[int] | None = None) -> torch.Tensor:
+        """Where this network sees the findings of x: (N, 1, S, S) in [0, 1], a class-activation map (Grad-CAM) of
+        the last dense block for the finding logits ``findings`` (indices; None: all), each weighted by its
+        probability, scaled per image to the probability of its likeliest finding (an image without them maps to
+        about 0). Coarse (the block's grid: 8 x 8 at 64 px), and it needs no lesion masks."""
+        size = x.shape[-1]
+        with torch.no_grad():
+            maps = self._trunk(self.prepare(x))
+        with torch.enable_grad():
+            last = maps[-1].detach().requires_grad_(True)
+            logits = self.fc1(self.bn_head(self._features([*maps[:-1], last])))
+            if findings is not None:
+                logits = logits[:, list(findings)]
+            p = torch.sigmoid(logits).detach()
+            grad, = torch.autograd.grad((p * logits).sum(), last)
+        cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * last.detach()).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)
+        return cam / cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1) * p.amax(1).view(-1, 1, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -153,6 +153,9 @@ def test_resume_keeps_pseudonyms_uids_and_date_offsets(tmp_path, tiny_checkpoint
     rest = anonymize_dataset(_cfg(), DicomFolder(root, preprocess=PREP), out, checkpoints=tiny_checkpoints,
                              progress=False, resume=True, write_linkage=True)
     assert first["this_call"]["released"] == 2 and rest["this_call"]["released"] == 3
+    # run.json keeps every call's counts and speed: the resumed call does not replace the first one's
+    calls = json.loads((out / "run.json").read_text())["summary"]["calls"]
+    assert [c["released"] for c in calls] == [2, 3] and calls[0] == first["this_call"]
     link = _linkage(out)
     head = {rel: pydicom.dcmread(out / "images" / f"{link[rel]}.dcm", stop_before_pixels=True)
             for rel, *_ in SOURCES[:5]}

@@ -80,3 +80,61 @@ def test_lesion_term_needs_a_segmentation_head_and_is_zero_on_the_source():
     assert ref.shape == (2, 1, 64, 64)
     same, other = term.loss(x_r, ref), term.loss(torch.rand(2, 1, 64, 64), ref)
     assert same.shape == (2,) and (same < other).all()
+
+
+def test_masked_pixel_distance_counts_only_the_region():
+    from gmia.anonymization.losses import masked_pixel_distance
+
+    x_r = torch.zeros(3, 1, 8, 8)
+    region = torch.zeros(3, 1, 8, 8)
+    region[:, :, :4] = 1                       # the top half is where the findings are
+    x_a = x_r.clone()
+    x_a[0, :, 4:] = 1                          # row 0: changed outside the region only
+    x_a[1, :, :4] = 0.5                        # row 1: changed inside it
+    x_a[2] = 1                                 # row 2: changed everywhere, but its region is empty
+    d = masked_pixel_distance(x_a, x_r, region * torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1, 1))
+    assert d[0] < 1e-5 and d[2] < 1e-5
+    assert d[1] == pytest.approx(0.5 * (32 / 33) ** 0.5, rel=1e-4)   # RMS 0.5 over 32 pixels, +1 in the count
+
+
+def test_finding_place_term_keeps_the_pixels_where_e_ut_sees_findings():
+    from gmia.anonymization.losses import FindingPlaceTerm
+    from gmia.networks import UtilityNet
+
+    from tests.conftest import TINY_CKPT
+
+    kw = TINY_CKPT["utility"][1]
+    torch.manual_seed(0)
+    net = UtilityNet(**kw, finding_names=tuple(f"f{i}" for i in range(kw["num_findings"]))).frozen()
+    x_r = torch.rand(2, 1, 64, 64)
+    cam = net.finding_map(x_r, [0, 1])
+    assert cam.shape == (2, 1, 64, 64) and cam.min() >= 0
+    # at most the probability of the likeliest of the chosen findings, and reached at the map's peak
+    p = torch.sigmoid(net.logits(x_r)[:, [0, 1]]).amax(1)
+    assert torch.allclose(cam.flatten(1).amax(1), p, atol=1e-5)
+    with pytest.raises(InputError, match="not findings of this utility network"):
+        FindingPlaceTerm(net, 1.0, ("no_such_finding",))
+    term = FindingPlaceTerm(net, 1.0, ("f0", "f1"))
+    ref = term.reference(x_r)
+    assert ref.shape == (2, 2, 64, 64)
+    x_a = x_r.clone().requires_grad_(True)
+    same = term.loss(x_a, ref)
+    assert same.max() < 1e-4
+    moved = x_r + 0.2 * torch.randn_like(x_r)
+    assert (term.loss(moved, ref) > 0.05).all()
+    # pixels where the map is zero do not count
+    outside = x_r.clone()
+    outside[cam == 0] += 0.5
+    assert torch.allclose(term.loss(outside, ref), same, atol=1e-4)
+
+
+def test_the_engine_adds_the_finding_place_term_when_asked(tiny_checkpoints):
+    from gmia.anonymization import anonymize_config, load_engine
+
+    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_place=2.0),
+                         tiny_checkpoints)
+    x_r = torch.rand(2, 1, 64, 64)
+    refs = engine.objective.references(x_r)
+    total, parts = engine.objective.evaluate((x_r + 0.1).clamp(0, 1), refs, margin=-1.0)
+    assert refs["place"].shape == (2, 2, 64, 64) and parts["place"].shape == (2,)
+    assert torch.allclose(total, parts["cos_id"] + 1 + parts["ut"] + 2.0 * parts["place"], atol=1e-5)

@@ -232,6 +232,15 @@ def test_speed_profile_sets_its_fields_and_flags_still_win(phantom_dir):
         anonymize_config("phantom-cxr64", speed="ludicrous")
 
 
+def test_finding_place_flags_reach_the_config(phantom_dir):
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--lambda-place", "3",
+                                   "--place-findings", "nodule, atelectasis", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.output)["config"]
+    assert cfg["lambda_place"] == 3.0 and cfg["place_findings"] == ["nodule", "atelectasis"]
+    assert anonymize_config("phantom-cxr64").lambda_place == 0.0      # off unless asked for
+
+
 def test_bf16_choice_by_precision_and_device(monkeypatch):
     from gmia.anonymization.config import use_bf16
 
