@@ -10,9 +10,9 @@ steps) without the attackers: the ResNet trained on the training originals score
 G(E(x)); the "train on anonymized, test on originals" pair gets its stage-1 arm and, with ``--noise LO,HI``, an
 arm trained on the releases with white noise of a standard deviation drawn per image from U(LO, HI) added (the
 phantom's own detector-noise range is 0.005-0.03 for the chest preset): does the smoothness of a release cost what
-a classifier learns from it? ``--refine N`` also scores the sources' reconstructions refined N steps in W+ (or W): whether G
-can render what the classifier reads when the pixels ask for it (the encoder's limit against the generator's).
-Minutes per seed on a CPU.
+a classifier learns from it? ``--refine N`` also scores the sources' reconstructions refined N steps in W+ (or W):
+whether G can render what the classifier reads when the pixels ask for it (the encoder's limit against the
+generator's). Minutes per seed on a CPU.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def main() -> None:
     if args.refine:  # G's range, not the encoder's: the reconstruction refined towards each source
         refined = torch.cat([project_images(model, x_src[s:s + 64], args.refine, args.refine_lr, lambda_ssim=1.0,
                                             refine_space=args.refine_space)["x_hat"] for s in range(0, len(x_src), 64)])
-        out["runs"][f"refined{args.refine}-{args.refine_space}"] = independent_utility(x_ref, y_ref, refined, x_src, y, findings, "cpu",
-                                                                   cfg, **common)
+        out["runs"][f"refined{args.refine}-{args.refine_space}"] = independent_utility(
+            x_ref, y_ref, refined, x_src, y, findings, "cpu", cfg, **common)
     for folder in args.also:
         other, other_cohort, x_other = _released(real, folder, p.channels, p.resolution)
         position = {int(k): i for i, k in enumerate(other_cohort.anon_source)}

@@ -160,7 +160,8 @@ class RunFolder:
     # ---- public tables ----------------------------------------------------------------------------------
     def finalize(self, findings: list[str], summary: dict, linkage_keys: list[str] | None = None) -> dict:
         """Write manifest.jsonl, labels.csv and, given the source keys, private/linkage.csv, from every shard's
-        journal. The linkage is recomputed from the key (pseudonym = HMAC), so it can be asked for at any time."""
+        journal, and ``summary`` (this call's counts and speed under "this_call") into run.json. The linkage is
+        recomputed from the key (pseudonym = HMAC), so it can be asked for at any time."""
         rows = sorted(self.read_journal(all_shards=True), key=lambda r: r["pseudonym"])
         public = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
         atomic_write(self.root / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in public))
@@ -187,9 +188,7 @@ class RunFolder:
         # images per second must not replace the first call's
         before = run.get("summary", {})
         calls = before.get("calls", [before["this_call"]] if "this_call" in before else [])
-        if "this_call" in summary:
-            calls = [*calls, summary["this_call"]]
-        run["summary"] = {**summary, **counts, "records": len(rows), "calls": calls}
+        run["summary"] = {**summary, **counts, "records": len(rows), "calls": [*calls, summary["this_call"]]}
         atomic_write_json(self.root / "run.json", run)
         return run["summary"]
 
