@@ -5,14 +5,14 @@
         [--also RUN ...] [--noise 0.005,0.03] [--refine 200]
 
 ``gmia evaluate``'s independent-classifier readings (``gmia.evaluation.classifier``, the same ResNet-18, seeds and
-steps) without the attackers: the ResNet trained on the training originals scores the released images of
-``--anon`` (and of every ``--also`` run of the same images), their sources and their stage-1 reconstructions
-G(E(x)); the "train on anonymized, test on originals" pair gets its stage-1 arm and, with ``--noise LO,HI``, an
-arm trained on the releases with white noise of a standard deviation drawn per image from U(LO, HI) added (the
-phantom's own detector-noise range is 0.005-0.03 for the chest preset): does the smoothness of a release cost what
-a classifier learns from it? ``--refine N`` also scores the sources' reconstructions refined N steps in W+ (or W):
-whether G can render what the classifier reads when the pixels ask for it (the encoder's limit against the
-generator's). Minutes per seed on a CPU.
+steps) without the attackers: the ResNet trained on the training originals scores the released images of ``--anon``
+(and of every ``--also`` run of the same images; a run that withheld some is read on the ones it released), their
+sources and their stage-1 reconstructions G(E(x)); the "train on anonymized, test on originals" pair gets its
+stage-1 arm and, with ``--noise LO,HI``, an arm trained on the releases with white noise of a standard deviation
+drawn per image from U(LO, HI) added (the phantom's own detector-noise range is 0.005-0.03 for the chest preset):
+does the smoothness of a release cost what a classifier learns from it? ``--refine N`` also scores the sources'
+reconstructions refined N steps in W+ (or W): whether G can render what the classifier reads when the pixels ask
+for it (the encoder's limit against the generator's). Minutes per seed on a CPU.
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ def main() -> None:
             g = torch.Generator().manual_seed(0)
             sd = torch.empty(len(x_at), 1, 1, 1).uniform_(lo, hi, generator=g)
             arms["noisy"] = (x_at + sd * torch.randn(x_at.shape, generator=g)).clamp(0, 1)
+    others = {}  # every --also run read first: one that does not fit fails before any network is trained
+    for folder in args.also:
+        _, other_cohort, x_other = _released(real, folder, p.channels, p.resolution)
+        position = {int(k): i for i, k in enumerate(other_cohort.anon_source)}
+        if not set(position) <= {int(k) for k in cohort.anon_source}:
+            raise SystemExit(f"{folder}: holds images of sources that {args.anon} does not")
+        # a run that withheld a file is read on the sources it released (and so are their originals)
+        keep = [j for j, k in enumerate(cohort.anon_source) if int(k) in position]
+        others[folder] = keep, x_other[[position[int(cohort.anon_source[j])] for j in keep]]  # in --anon's order
     reference = cohort.reference
     x_ref, y_ref = load_real(real, reference), real.labels()[reference]
     common = dict(cache_key=(args.real, tuple(int(i) for i in reference)))  # one set of nets for every run
@@ -92,16 +101,15 @@ def main() -> None:
                                             refine_space=args.refine_space)["x_hat"] for s in range(0, len(x_src), 64)])
         out["runs"][f"refined{args.refine}-{args.refine_space}"] = independent_utility(
             x_ref, y_ref, refined, x_src, y, findings, "cpu", cfg, **common)
-    for folder in args.also:
-        other, other_cohort, x_other = _released(real, folder, p.channels, p.resolution)
-        position = {int(k): i for i, k in enumerate(other_cohort.anon_source)}
-        if sorted(position) != sorted(int(k) for k in cohort.anon_source):
-            raise SystemExit(f"{folder}: not the same source images as {args.anon}")
-        x_other = x_other[[position[int(k)] for k in cohort.anon_source]]  # in --anon's order (pseudonyms differ)
-        out["runs"][folder] = independent_utility(x_ref, y_ref, x_other, x_src, y, findings, "cpu", cfg, **common)
+    for folder, (keep, x_other) in others.items():
+        out["runs"][folder] = independent_utility(x_ref, y_ref, x_other, x_src[keep], y[keep], findings, "cpu", cfg,
+                                                  **common)
+        out["runs"][folder]["images"] = len(keep)
     for folder, m in out["runs"].items():
         print(f"{folder}: ratio {m['ratio']:.3f} (per seed {', '.join(f'{r:.3f}' for r in m['ratio_per_seed'])})"
-              + (f", reconstructions {m['ratio_reconstructions']:.3f}" if "ratio_reconstructions" in m else ""))
+              + (f", reconstructions {m['ratio_reconstructions']:.3f}" if "ratio_reconstructions" in m else "")
+              + (f", on the {m['images']} of {len(x_src)} images it released" if m.get("images", len(x_src))
+                 < len(x_src) else ""))
     t = main_run.get("train_on_anonymized")
     if t:
         print(f"train on anonymized / originals / reconstructions: {t['macro_auroc_trained_on_anonymized']:.3f} / "

@@ -93,6 +93,9 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
               "setting; higher keeps more of the findings, and more of whatever else E_ut sees).")
 @click.option("--utility-form", type=click.Choice(list(UTILITY_FORMS)), default=None,
               help="Utility distance: l2/mse on E_ut's features, or 'findings' (its finding probabilities only).")
+@click.option("--utility-jitter", type=click.IntRange(min=0), default=None,
+              help="E_ut reads each step's image shifted by up to this many pixels (another shift each step), "
+                   "against the source read the same way: utility kept by what survives a shift (0: off).")
 @click.option("--limit", type=int, default=None, help="Only the first N records (of this shard).")
 @click.option("--shard", default=None, help="i/n: this process takes records i, i+n, ... (same --out for all).")
 @click.option("--resume", is_flag=True, help="Finish a killed run in --out (same settings).")
@@ -118,7 +121,7 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
               batch_size, max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
               mdl_margin, lambda_lesion, lambda_place, place_findings, lambda_surrogate, surrogate_cos, redraw,
               target_auc, lambda_ut,
-              utility_form, limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
+              utility_form, utility_jitter, limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
               fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None,
               patient_column=None, findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None,
               dicom_keep_sex_age=False):
@@ -138,8 +141,8 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            place_findings=None if place_findings is None else
                            tuple(f.strip() for f in place_findings.split(",") if f.strip()),
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
-                           redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form, seed=seed, engine=engine,
-                           correction=correction)
+                           redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form,
+                           utility_jitter=utility_jitter, seed=seed, engine=engine, correction=correction)
     if table is not None:  # the table's AUCs are those of the stage-2 settings it was measured with
         from ..evaluation.calibrate import check_settings
         from ..networks import checkpoint_dir

@@ -54,6 +54,8 @@ class AnonymizeConfig:
     lambda_ut: float = 1.0           # weight of the utility distance
     utility_form: str = "l2"         # "l2": ||E_ut(x_A) - E_ut(x_R)||_2 (paper); "mse": mean of squares (code);
     #                                  "findings": KL of E_ut's finding probabilities (keeps the diagnosis only)
+    utility_jitter: int = 0          # > 0: E_ut reads x_A shifted by up to this many pixels, another shift each step
+    #                                  (losses.UtilityTerm), against the source read under the same shift
     # optimizer (reference: Adam lr 0.01, betas (0, 0.99), eps 1e-8, up to 1000 steps). lr 0.03: on 48 phantom
     # test images (stage 1 at 50 kimg, m = 0) it needs 99 steps per image instead of 187 at lr 0.01, for the same
     # utility (E_ut macro AUROC 1.000 vs 0.999); lr 0.1 moved the codes too far (utility distance 0.74 vs 0.38)
@@ -123,8 +125,8 @@ class AnonymizeConfig:
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.max_steps >= 1 and self.batch_size >= 1, "max_steps and batch_size must be >= 1"),
             (self.lr > 0 and 0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1, "lr > 0 and betas in [0, 1)"),
-            (self.patience >= 0 and self.gate_retries >= 0 and self.refine_steps >= 0,
-             "patience, gate_retries and refine_steps must be >= 0"),
+            (min(self.patience, self.gate_retries, self.refine_steps, self.utility_jitter) >= 0,
+             "patience, gate_retries, refine_steps and utility_jitter must be >= 0"),
             (0.0 <= self.redraw <= 1.0, f"redraw must be in [0, 1] (0: off), got {self.redraw}"),
             (0.0 <= self.correction <= 1.0,
              f"correction must be in [0, 1] (0: the start itself), got {self.correction}"),

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "soft_dice_distance", "masked_pixel_distance",
+__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "jitter_shifts", "soft_dice_distance", "masked_pixel_distance",
            "Views", "Term", "IdentityTerm", "UtilityTerm", "LesionTerm", "FindingPlaceTerm", "Objective"]
 
 
@@ -137,23 +137,53 @@ class IdentityTerm:
         return (cos - margin).clamp_min(0.0), cos
 
 
+def jitter_shifts(pixels: int) -> torch.Tensor:
+    """The whole-pixel shifts (K, 2) within ±``pixels``, (0, 0) first: the views a jittered utility term reads."""
+    span = range(-pixels, pixels + 1)
+    others = [(dx, dy) for dy in span for dx in span if (dx, dy) != (0, 0)]
+    return torch.tensor([(0, 0)] + others, dtype=torch.float32)
+
+
 class UtilityTerm:
-    """λ_ut · distance(E_ut(x_A), E_ut(x_R)) in E_ut's feature space."""
+    """λ_ut · distance(E_ut(x_A), E_ut(x_R)) in E_ut's feature space.
+
+    ``jitter`` > 0 reads x_A shifted by whole pixels (within ±jitter), a different shift at each of the row's steps,
+    against E_ut's features of x_R under the same shift: the optimizer can then please E_ut only with what
+    survives a shift, not with a pattern tuned to one pixel grid (which E_ut reads and another network does not)."""
 
     name = "ut"
 
-    def __init__(self, e_ut, weight: float = 1.0, form: str = "l2"):
+    def __init__(self, e_ut, weight: float = 1.0, form: str = "l2", jitter: int = 0):
         self.net, self.weight, self.form = e_ut, float(weight), form
+        self.shifts = jitter_shifts(jitter) if jitter > 0 else None
         utility_distance(torch.zeros(1, 1), torch.zeros(1, 1), form)  # validate the form now
+
+    def _read(self, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
+        if views is None:
+            return self.net.logits(x) if self.form == "findings" else self.net.features(x)
+        return views.logits(self.net) if self.form == "findings" else views.features(self.net)
+
+    def _shifted(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        from kornia.geometry.transform import translate
+
+        return translate(x, self.shifts.to(x.device, x.dtype)[k], padding_mode="border")
 
     def reference(self, x_r: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.net.logits(x_r) if self.form == "findings" else self.net.features(x_r)
+            if self.shifts is None:
+                return self._read(x_r)
+            n = len(x_r)  # (N, K, D): the source read under every shift
+            return torch.stack([self._read(self._shifted(x_r, torch.full((n,), k, dtype=torch.long)))
+                                for k in range(len(self.shifts))], dim=1)
 
-    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-        views = Views.of(x_a, views)
-        out = views.logits(self.net) if self.form == "findings" else views.features(self.net)
-        return utility_distance(out, ref, self.form)
+    def loss(self, x_a: torch.Tensor, ref: torch.Tensor, views: Views | None = None,
+             steps: torch.Tensor | None = None) -> torch.Tensor:
+        if self.shifts is None:
+            return utility_distance(self._read(x_a, Views.of(x_a, views)), ref, self.form)
+        # the row's step picks its shift; without steps (one pass, no optimizer) the unshifted view
+        k = (torch.zeros(len(x_a), device=x_a.device) if steps is None else steps).long() % len(self.shifts)
+        rows = torch.arange(len(x_a), device=x_a.device)
+        return utility_distance(self._read(self._shifted(x_a, k)), ref[rows, k.to(ref.device)], self.form)
 
 
 class LesionTerm:
@@ -230,15 +260,17 @@ class Objective:
                     for t in self.terms}
 
     def evaluate(self, x_a: torch.Tensor, refs: dict[str, torch.Tensor], margin: torch.Tensor | float,
-                 goals: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 goals: torch.Tensor | None = None,
+                 steps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``goals`` (N,) bool: rows whose *goal* terms (``term.goal``, e.g. the surrogate) count; None = all.
-        The diagnostics in ``parts`` are unmasked."""
+        ``steps`` (N,): each row's step count (a jittered utility term picks its view by it). The diagnostics in
+        ``parts`` are unmasked."""
         views = Views(x_a)  # one pass per network, shared by all terms
         hinge, cos = self.identity.loss(x_a, refs["id"], margin, views)
         total = self.identity.weight * hinge
         parts = {"cos_id": cos, "hinge": hinge}
         if self.utility is not None:
-            ut = self.utility.loss(x_a, refs["ut"], views)
+            ut = self.utility.loss(x_a, refs["ut"], views, steps)
             total = total + self.utility.weight * ut
             parts["ut"] = ut
         for term in self.extra:

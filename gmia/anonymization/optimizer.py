@@ -137,7 +137,7 @@ class LatentOptimizer:
         with bf16_autocast(self.device, self.bf16):
             x_a = self.model.render(w, noise_seeds([it.seed for it in self.items], cfg.noise))
             goals = r["best_private"] | (r["steps"] < cfg.goal_steps)  # the hinge first (surrogate.py)
-            total, parts = self.objective.evaluate(x_a, refs, margin=r["target"], goals=goals)
+            total, parts = self.objective.evaluate(x_a, refs, margin=r["target"], goals=goals, steps=r["steps"])
         total, parts = total.float(), {k: v.float() for k, v in parts.items()}
         (grad,) = torch.autograd.grad(total.sum(), w)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5)

@@ -138,3 +138,48 @@ def test_the_engine_adds_the_finding_place_term_when_asked(tiny_checkpoints):
     total, parts = engine.objective.evaluate((x_r + 0.1).clamp(0, 1), refs, margin=-1.0)
     assert refs["place"].shape == (2, 2, 64, 64) and parts["place"].shape == (2,)
     assert torch.allclose(total, parts["cos_id"] + 1 + parts["ut"] + 2.0 * parts["place"], atol=1e-5)
+
+
+def test_a_jittered_utility_term_reads_each_step_under_its_own_shift():
+    from gmia.anonymization.losses import UtilityTerm, jitter_shifts
+
+    shifts = jitter_shifts(1)
+    assert len(shifts) == 9 and shifts[0].tolist() == [0, 0] and len({tuple(s.tolist()) for s in shifts}) == 9
+
+    class Rows:  # a "network" whose features are the image's rows: a shift moves them
+        def features(self, x):
+            return x.mean(dim=(1, 3))
+
+    term = UtilityTerm(Rows(), jitter=1)
+    x_r = torch.rand(2, 1, 16, 16)
+    ref = term.reference(x_r)
+    assert ref.shape == (2, 9, 16)
+    # the source matches itself under every shift, and its unshifted reading is view 0 (no steps: one pass)
+    for step in range(9):
+        assert term.loss(x_r, ref, steps=torch.tensor([step, step + 9])).max() < 1e-3
+    assert torch.allclose(ref[:, 0], Rows().features(x_r))
+    # view (0, 1) reads the image one row down, the border row repeated
+    rows = Rows().features(x_r)
+    down = next(i for i, s in enumerate(shifts.tolist()) if s == [0, 1])
+    assert torch.allclose(ref[:, down, 1:], rows[:, :-1], atol=1e-5) and torch.allclose(ref[:, down, 0], rows[:, 0])
+    # each row reads its own step's view of x_A against the same view of its source
+    x_a = torch.rand(2, 1, 16, 16)
+    got = term.loss(x_a, ref, steps=torch.tensor([0, down]))
+    a_rows = Rows().features(x_a)
+    want = torch.stack([(a_rows[0] - rows[0]).norm(),
+                        (torch.cat([a_rows[1, :1], a_rows[1, :-1]]) - torch.cat([rows[1, :1], rows[1, :-1]])).norm()])
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_the_engine_jitters_e_ut_by_the_rows_steps_when_asked(tiny_checkpoints):
+    from gmia.anonymization import anonymize_config, load_engine
+
+    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, utility_jitter=1),
+                         tiny_checkpoints)
+    x_r = torch.rand(2, 1, 64, 64)
+    refs = engine.objective.references(x_r)
+    assert refs["ut"].shape[:2] == (2, 9)  # the source under each of the nine shifts
+    x_a = (x_r + 0.2 * torch.rand_like(x_r)).clamp(0, 1)
+    by_step = [engine.objective.evaluate(x_a, refs, margin=-1.0, steps=torch.tensor([s, s]))[1]["ut"]
+               for s in (0, 4, 9)]
+    assert torch.allclose(by_step[0], by_step[2]) and not torch.allclose(by_step[0], by_step[1])

@@ -241,6 +241,17 @@ def test_finding_place_flags_reach_the_config(phantom_dir):
     assert anonymize_config("phantom-cxr64").lambda_place == 0.0      # off unless asked for
 
 
+def test_utility_jitter_flag_reaches_the_config(phantom_dir):
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--utility-jitter", "2",
+                                   "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["config"]["utility_jitter"] == 2
+    assert anonymize_config("phantom-cxr64").utility_jitter == 0      # off unless asked for
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--utility-jitter", "-1",
+                                   "--dry-run"])
+    assert res.exit_code != 0 and "utility-jitter" in res.output
+
+
 def test_bf16_choice_by_precision_and_device(monkeypatch):
     from gmia.anonymization.config import use_bf16
 
