@@ -1,14 +1,15 @@
 """Does a second utility network, of another family than E_ut, keep what an independent classifier reads?
 
     python experiments/second_utility.py --preset phantom-cxr64 --data data/phantom-cxr64 \
-        --out outputs/utility-arms/phantom-cxr64/second-val [--weight 1] [--limit 200]
+        --out outputs/utility-arms/phantom-cxr64/second-val [--arch plain] [--weight 1] [--limit 200]
     python experiments/utility_arms.py --preset phantom-cxr64 --real data/phantom-cxr64 --anon BASELINE --also OUT
 
-Trains a MobileNetV3-small (torchvision, from scratch; neither E_ut's dense blocks nor the evaluation's ResNet-18)
-on the training originals' findings, then anonymizes the first ``--limit`` validation images with the preset's
-stage 2 plus one more term: the L2 distance of that network's pooled features, scaled so that on the stage-1
-reconstructions it weighs what E_ut's distance weighs, times ``--weight``. The evaluation's classifier family stays
-unseen by the optimizer. Minutes on a CPU.
+Trains a second classifier on the training originals' findings: ``--arch mobilenet`` (torchvision's
+MobileNetV3-small) or ``--arch plain`` (a plain CNN, no residual or dense connections). Neither is E_ut's family
+(dense blocks) or the evaluation's (ResNet-18). It prints the network's AUROC per finding on the first 400
+``--split`` originals. It then anonymizes the first ``--limit`` images of that split with the preset's stage 2 plus
+one more term: the L2 distance of the network's pooled features, scaled so that on the stage-1 reconstructions it
+weighs what E_ut's distance weighs, times ``--weight``. Minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -26,31 +27,47 @@ from gmia.machine import set_threads
 
 
 class PooledNet(torch.nn.Module):
-    """A torchvision classifier read as a feature extractor: its pooled last feature map (``features``)."""
+    """A classifier read as a feature extractor: its pooled last feature map (``features``), then its head.
 
-    def __init__(self, findings: int, channels: int):
+    ``arch``: "mobilenet" (torchvision's MobileNetV3-small) or "plain" (four stages of two 3x3 convolutions with
+    batch norm, then max-pooling: no residual or dense connections, so neither E_ut's family nor the ResNet's)."""
+
+    def __init__(self, findings: int, channels: int, arch: str = "mobilenet"):
         super().__init__()
-        from torchvision.models import mobilenet_v3_small
+        if arch == "mobilenet":
+            from torchvision.models import mobilenet_v3_small
 
-        self.net = mobilenet_v3_small(weights=None, num_classes=findings)
-        first = self.net.features[0][0]
-        self.net.features[0][0] = torch.nn.Conv2d(channels, first.out_channels, first.kernel_size, first.stride,
-                                                  first.padding, bias=False)
+            net = mobilenet_v3_small(weights=None, num_classes=findings)
+            first = net.features[0][0]
+            net.features[0][0] = torch.nn.Conv2d(channels, first.out_channels, first.kernel_size, first.stride,
+                                                 first.padding, bias=False)
+            self.trunk, self.head = net.features, net.classifier
+        elif arch == "plain":
+            layers, c = [], channels
+            for width in (32, 64, 128, 256):
+                for k in range(2):
+                    layers += [torch.nn.Conv2d(c if k == 0 else width, width, 3, padding=1, bias=False),
+                               torch.nn.BatchNorm2d(width), torch.nn.ReLU(inplace=True)]
+                layers.append(torch.nn.MaxPool2d(2))
+                c = width
+            self.trunk, self.head = torch.nn.Sequential(*layers), torch.nn.Linear(c, findings)
+        else:
+            raise ValueError(f"arch must be 'mobilenet' or 'plain', got {arch!r}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.avgpool(self.net.features(x * 2 - 1)).flatten(1)
+        return self.trunk(x * 2 - 1).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * 2 - 1)
+        return self.head(self.features(x))
 
 
-def train(ds: PhantomFolder, epochs: int, seed: int) -> PooledNet:
+def train(ds: PhantomFolder, epochs: int, seed: int, arch: str) -> PooledNet:
     torch.manual_seed(seed)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     y = torch.stack([ds[i]["labels"] for i in range(len(ds))]).float()
     known = ~torch.isnan(y)
     y = torch.nan_to_num(y)
-    net = PooledNet(y.shape[1], x.shape[1]).train()
+    net = PooledNet(y.shape[1], x.shape[1], arch).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
@@ -97,17 +114,19 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--arch", choices=["mobilenet", "plain"], default="mobilenet")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     set_threads(args.threads)
     out = Path(args.out)
-    weights = out.parent / f"second-net-seed{args.seed}.pt"  # trained once, shared by the weights tried
-    net = PooledNet(6, 1)
+    suffix = "" if args.arch == "mobilenet" else f"-{args.arch}"
+    weights = out.parent / f"second-net{suffix}-seed{args.seed}.pt"  # trained once, shared by the weights tried
+    net = PooledNet(6, 1, args.arch)
     if weights.is_file():
         net.load_state_dict(torch.load(weights))
         net = net.eval().requires_grad_(False)
     else:
-        net = train(PhantomFolder(args.data, split="train"), args.epochs, args.seed)
+        net = train(PhantomFolder(args.data, split="train"), args.epochs, args.seed, args.arch)
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), weights)
     cfg = anonymize_config(args.preset)
