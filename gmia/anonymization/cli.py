@@ -120,8 +120,8 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, correction,
               batch_size, max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
               mdl_margin, lambda_lesion, lambda_place, place_findings, lambda_surrogate, surrogate_cos, redraw,
-              target_auc, lambda_ut,
-              utility_form, utility_jitter, limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
+              target_auc, lambda_ut, utility_form, utility_jitter,
+              limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
               fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None,
               patient_column=None, findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None,
               dicom_keep_sex_age=False):

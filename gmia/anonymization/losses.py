@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "jitter_shifts", "soft_dice_distance", "masked_pixel_distance",
-           "Views", "Term", "IdentityTerm", "UtilityTerm", "LesionTerm", "FindingPlaceTerm", "Objective"]
+__all__ = ["identity_cosine", "identity_hinge", "utility_distance", "jitter_shifts", "soft_dice_distance",
+           "masked_pixel_distance", "Views", "Term", "IdentityTerm", "UtilityTerm", "LesionTerm", "FindingPlaceTerm",
+           "Objective"]
 
 
 def identity_cosine(e_a: torch.Tensor, e_r: torch.Tensor) -> torch.Tensor:
@@ -149,7 +150,9 @@ class UtilityTerm:
 
     ``jitter`` > 0 reads x_A shifted by whole pixels (within ±jitter), a different shift at each of the row's steps,
     against E_ut's features of x_R under the same shift: the optimizer can then please E_ut only with what
-    survives a shift, not with a pattern tuned to one pixel grid (which E_ut reads and another network does not)."""
+    survives a shift, not with a pattern tuned to one pixel grid (which E_ut reads and another network does not).
+    The shifted image is read in a pass of its own: a term sharing the step's ``Views`` of E_ut (the lesion map)
+    then costs a second pass."""
 
     name = "ut"
 
@@ -181,7 +184,8 @@ class UtilityTerm:
         if self.shifts is None:
             return utility_distance(self._read(x_a, Views.of(x_a, views)), ref, self.form)
         # the row's step picks its shift; without steps (one pass, no optimizer) the unshifted view
-        k = (torch.zeros(len(x_a), device=x_a.device) if steps is None else steps).long() % len(self.shifts)
+        k = (torch.zeros(len(x_a), dtype=torch.long, device=x_a.device) if steps is None
+             else steps.long() % len(self.shifts))
         rows = torch.arange(len(x_a), device=x_a.device)
         return utility_distance(self._read(self._shifted(x_a, k)), ref[rows, k.to(ref.device)], self.form)
 

@@ -115,8 +115,8 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         prior = LatentPrior.load(folder)
         extra.append(SurrogateTerm(model, e_id, prior, cfg.surrogate_cos, cfg.lambda_surrogate,
                                    cfg.noise))
-    objective = Objective(IdentityTerm(e_id, cfg.lambda_id),
-                          UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form, cfg.utility_jitter) if cfg.lambda_ut > 0 else None, extra)
+    utility = UtilityTerm(e_ut, cfg.lambda_ut, cfg.utility_form, cfg.utility_jitter) if cfg.lambda_ut > 0 else None
+    objective = Objective(IdentityTerm(e_id, cfg.lambda_id), utility, extra)
     guard = DomainGuard.load(folder) if DomainGuard.exists(folder) else None
     if guard is not None:
         files["domain_guard"] = guard.sha256
