@@ -122,7 +122,7 @@ mia: data/$(EVAL_PRESET)/phantom.json
 
 # ---- the shipped weights ------------------------------------------------------------------------------
 # make train-phantom: reproduces checkpoints/phantom-*/ with `gmia fit` on the phantom folders. The recipe is data
-# (gmia/fit/recipe.py, `gmia fit --preset P --dry-run` lists it): the four scoring networks, the decoupler, stage 1
+# (gmia/fit/recipe.py, `gmia fit --preset P --dry-run` lists it): the five scoring networks, the decoupler, stage 1
 # in the legs its aegan card records (co-training; a fidelity fine-tune in four legs, 880 kimg; the encoder
 # fine-tune on its latent prior; for the chest preset E grown and G on a pool of 16 000 new phantom patients, 818
 # kimg), the latent prior and the stage-1 report. Each stage resumes and is skipped once its card carries its key,
@@ -139,7 +139,8 @@ FIT_MACHINE = --threads $(THREADS) $(if $(DEVICE),--device $(DEVICE))
 train-phantom: phantom-data
 	@for p in phantom-cxr64 phantom-face64; do \
 	  $(GMIA) fit --preset $$p --input data/$$p --out $(FIT_ROOT)/$$p $(FIT_MACHINE) --quiet || exit 1; \
-	  for n in identity utility mfm attacker decoupler aegan latent-prior; do \
+	  for n in identity utility utility2 mfm attacker decoupler aegan latent-prior; do \
+	    test -f $(FIT_ROOT)/$$p/$$n.json || [ $$n != utility2 ] || continue; \
 	    cp $(FIT_ROOT)/$$p/$$n.safetensors $(FIT_ROOT)/$$p/$$n.json checkpoints/$$p/ || exit 1; \
 	  done; \
 	  $(GMIA) fit-split --preset $$p --data data/$$p $(FIT_MACHINE) || exit 1; \

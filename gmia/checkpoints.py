@@ -64,6 +64,7 @@ CHECKPOINT_CLASSES: dict[str, str] = {
     "gmia.projection.WPlusEncoder": "gmia.projection.model:WPlusEncoder",
     "gmia.networks.IdentityNet": "gmia.networks.identity:IdentityNet",
     "gmia.networks.UtilityNet": "gmia.networks.utility:UtilityNet",
+    "gmia.networks.PlainUtilityNet": "gmia.networks.plain_utility:PlainUtilityNet",
     "gmia.networks.MFMNet": "gmia.networks.mfm:MFMNet",
     "gmia.networks.AttackerNet": "gmia.networks.attacker:AttackerNet",
     "gmia.networks.XRVUtility": "gmia.networks.xrv:XRVUtility",

@@ -1,5 +1,5 @@
-"""`gmia train ...`: train the networks that score images (E_id, E_ut, MFM, attacker) on a phantom folder, stage 1
-(`aegan`) and the amortized anonymizer (`anonymizer`).
+"""`gmia train ...`: train the networks that score images (E_id, E_ut, E_ut2, MFM, attacker) on a phantom folder,
+stage 1 (`aegan`) and the amortized anonymizer (`anonymizer`).
 
 Each command reads options, resolves the preset's training config, calls ``gmia.networks.training.train``
 and prints one summary line. Registered in ``gmia.cli`` with ``cli.add_command(train)``.
@@ -52,7 +52,7 @@ def _run(role: str, preset, data, out, epochs, seed, batch_size, lr, device, thr
 
 @click.group()
 def train():
-    """Train one network of a preset: E_id, E_ut, the MFM, the attacker, stage 1 or the amortized anonymizer."""
+    """Train one network of a preset: E_id, E_ut, E_ut2, the MFM, the attacker, stage 1 or the amortized anonymizer."""
 
 
 @train.command()
@@ -67,6 +67,13 @@ def identity(**kw):
 def utility(**kw):
     """E_ut: multi-label finding classifier (+ lesion mask on faces); test metrics: AUROC, Dice."""
     _run("utility", **kw)
+
+
+@train.command()
+@_options
+def utility2(**kw):
+    """E_ut2: a second finding classifier of another family (plain CNN), kept by stage 2 with --lambda-ut2."""
+    _run("utility2", **kw)
 
 
 @train.command()

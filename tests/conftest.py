@@ -46,19 +46,21 @@ TINY_CKPT = {
                                      embed_dim=32)),
     "utility": ("UtilityNet", dict(in_channels=1, resolution=32, num_findings=2, growth=4, blocks=(2, 2),
                                    init_features=8, feature_dim=16)),
+    "utility2": ("PlainUtilityNet", dict(in_channels=1, resolution=32, num_findings=2, widths=(8, 16), convs=(1, 1))),
     "attacker": ("AttackerNet", dict(in_channels=1, resolution=32, widths=(8, 16, 16), convs=(1, 1, 1), embed_dim=32)),
     "mfm": ("MFMNet", dict(in_channels=1, resolution=32, widths=(8, 16, 16), latent_channels=4)),
 }
 
 
-def save_tiny_checkpoints(root, roles=("aegan", "identity", "utility"), overrides=None, seed=0):
+def save_tiny_checkpoints(root, roles=("aegan", "identity", "utility", "utility2"), overrides=None, seed=0):
     """Write ``<root>/phantom-cxr64/<role>.*`` for each role: seeded random toy networks; returns ``root``."""
     from gmia import networks
     from gmia.checkpoints import save_module
     from gmia.projection.model import AEGAN
 
     classes = {"AEGAN": AEGAN, "IdentityNet": networks.IdentityNet, "UtilityNet": networks.UtilityNet,
-               "AttackerNet": networks.AttackerNet, "MFMNet": networks.MFMNet}
+               "AttackerNet": networks.AttackerNet, "MFMNet": networks.MFMNet,
+               "PlainUtilityNet": networks.PlainUtilityNet}
     torch.manual_seed(seed)
     for role in roles:
         cls, kw = TINY_CKPT[role]

@@ -91,6 +91,9 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
                    "<preset>/calibration.json (gmia calibrate); refuses a target the table cannot reach.")
 @click.option("--lambda-ut", type=float, default=None, help="Weight of the utility distance (1: the published "
               "setting; higher keeps more of the findings, and more of whatever else E_ut sees).")
+@click.option("--lambda-ut2", type=float, default=None,
+              help="Weight of the second utility network's feature distance (a plain CNN classifier, "
+                   "<preset>/utility2.*; 0: off): utility kept as two network families read it.")
 @click.option("--utility-form", type=click.Choice(list(UTILITY_FORMS)), default=None,
               help="Utility distance: l2/mse on E_ut's features, or 'findings' (its finding probabilities only).")
 @click.option("--utility-jitter", type=click.IntRange(min=0), default=None,
@@ -120,7 +123,7 @@ def dicom_policy(dates: str | None, max_shift: int | None, keep_sex_age: bool):
 def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin, checkpoints, engine, correction,
               batch_size, max_steps, lr, patience, refine_steps, speed, precision, lambda_mdl, lambda_sem, lambda_mid,
               mdl_margin, lambda_lesion, lambda_place, place_findings, lambda_surrogate, surrogate_cos, redraw,
-              target_auc, lambda_ut, utility_form, utility_jitter,
+              target_auc, lambda_ut, lambda_ut2, utility_form, utility_jitter,
               limit, shard, resume, ray_address, ray_actors, write_linkage, seed, device, threads,
               fail_on_error, allow_out_of_domain, max_pixels, dry_run, quiet, labels=None, image_column=None,
               patient_column=None, findings=None, output_format=None, dicom_dates=None, dicom_max_shift=None,
@@ -141,7 +144,7 @@ def anonymize(preset, input_dir, dataset, data_root, split, out, privacy, margin
                            place_findings=None if place_findings is None else
                            tuple(f.strip() for f in place_findings.split(",") if f.strip()),
                            lambda_surrogate=lambda_surrogate, surrogate_cos=surrogate_cos,
-                           redraw=redraw, lambda_ut=lambda_ut, utility_form=utility_form,
+                           redraw=redraw, lambda_ut=lambda_ut, lambda_ut2=lambda_ut2, utility_form=utility_form,
                            utility_jitter=utility_jitter, seed=seed, engine=engine, correction=correction)
     if table is not None:  # the table's AUCs are those of the stage-2 settings it was measured with
         from ..evaluation.calibrate import check_settings

@@ -156,8 +156,8 @@ class UtilityTerm:
 
     name = "ut"
 
-    def __init__(self, e_ut, weight: float = 1.0, form: str = "l2", jitter: int = 0):
-        self.net, self.weight, self.form = e_ut, float(weight), form
+    def __init__(self, e_ut, weight: float = 1.0, form: str = "l2", jitter: int = 0, name: str = "ut"):
+        self.net, self.weight, self.form, self.name = e_ut, float(weight), form, name
         self.shifts = jitter_shifts(jitter) if jitter > 0 else None
         utility_distance(torch.zeros(1, 1), torch.zeros(1, 1), form)  # validate the form now
 

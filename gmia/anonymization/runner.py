@@ -108,6 +108,15 @@ def load_engine(cfg: AnonymizeConfig, checkpoints: str | Path = "checkpoints", d
         extra.append(LesionTerm(e_ut, cfg.lambda_lesion))
     if cfg.lambda_place > 0:  # keep the findings' own pixels, where E_ut sees them
         extra.append(FindingPlaceTerm(e_ut, cfg.lambda_place, cfg.place_findings))
+    if cfg.lambda_ut2 > 0:  # utility as a second network family reads it too (networks/plain_utility.py)
+        try:
+            e_ut2 = networks.load(cfg.preset, "utility2", checkpoints, device=device)
+        except CheckpointError as exc:  # the chest preset turns the term on: say how to run without it
+            raise CheckpointError(f"{exc} (the second utility term needs it; --lambda-ut2 0 runs without it)") \
+                from exc
+        convnets.append(e_ut2)
+        extra.append(UtilityTerm(e_ut2, cfg.lambda_ut2, name="ut2"))
+        roles.append("utility2")
     if cfg.lambda_surrogate > 0:  # pull towards a generated nobody's identity (surrogate.py)
         from ..projection.prior import LatentPrior
         from .surrogate import SurrogateTerm

@@ -170,10 +170,10 @@ def train_anonymizer(preset: str, data: str | Path, checkpoints: str | Path = "c
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     # the per-image optimizer's objective from the network's start (the preset's re-drawn one unless told
-    # otherwise) at the level that goes with it, surrogate pull on; without the MFM term, which the shipped networks
-    # learned without (it would be one more network's forward and backward per step)
+    # otherwise) at the level that goes with it, surrogate pull on; without the MFM term and the second utility
+    # network, which the shipped networks learned without (each one more network's forward and backward per step)
     preset_cfg = anonymize_config(preset, redraw=cfg.redraw)
-    stage2 = override(preset_cfg, lambda_surrogate=preset_cfg.lambda_surrogate or 1.0, lambda_mdl=0.0)
+    stage2 = override(preset_cfg, lambda_surrogate=preset_cfg.lambda_surrogate or 1.0, lambda_mdl=0.0, lambda_ut2=0.0)
     engine = load_engine(stage2, checkpoints, device)
     folder = networks.checkpoint_dir(preset, checkpoints)
     prior = LatentPrior.load(folder)

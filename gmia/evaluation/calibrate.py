@@ -100,9 +100,13 @@ def settings_of(anon_cfg) -> dict:
 def check_settings(table: dict, anon_cfg, path) -> None:
     """Refuse a run whose stage-2 settings are not the ones ``table`` was measured with: its AUCs are those of the
     settings measured (a table that did not record them is taken as it is)."""
+    from ..anonymization.config import RESULT_DEFAULTS
+
     held = table.get("settings")
     if held is None:
         return
+    # a setting added after the table was measured was measured at its default (what every run did before it)
+    held = {**{k: v for k, v in RESULT_DEFAULTS.items() if k in settings_of(anon_cfg)}, **held}
     now = settings_of(anon_cfg)
     changed = [k for k in now if k in held and held[k] != now[k]]
     if changed:
@@ -115,9 +119,11 @@ def check_settings(table: dict, anon_cfg, path) -> None:
 
 def weights_of(folder: Path, anon_cfg=None) -> dict:
     """sha256 of each file a calibration depends on (the ones present): with the MFM term on (``anon_cfg``), the
-    foundation model and its decoupler too."""
+    foundation model and its decoupler too, and with the second utility network on, that network."""
     out = {}
-    for role in _ROLES + (_MDL_ROLES if anon_cfg is not None and anon_cfg.lambda_mdl > 0 else ()):
+    roles = _ROLES + (_MDL_ROLES if anon_cfg is not None and anon_cfg.lambda_mdl > 0 else ())
+    roles += ("utility2",) if anon_cfg is not None and anon_cfg.lambda_ut2 > 0 else ()
+    for role in roles:
         try:
             out[role] = read_card(folder, role)["sha256"]
         except Exception:  # a preset without that file: not part of the fingerprint

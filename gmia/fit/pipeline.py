@@ -5,7 +5,7 @@
 
 The output folder:
 
-    <name>.safetensors + <name>.json   aegan, identity, utility, mfm, attacker, decoupler, latent-prior: what
+    <name>.safetensors + <name>.json   aegan, identity, utility, utility2, mfm, attacker, decoupler, latent-prior: what
                                        ``gmia anonymize --checkpoints OUT`` and ``gmia evaluate`` read. Each card's
                                        ``meta.fit`` holds the stage, its settings and its key
     fit.json                           the recipe, the data, every stage's status, seconds and key (rewritten

@@ -48,13 +48,16 @@ class Stage:
             raise ConfigError(f"stage {self.name!r}: unknown kind {self.kind!r}; valid: {', '.join(KIND_NAMES)}")
 
 
-def _networks(needs_data: tuple[str, ...] = ()) -> list[Stage]:
-    """The four scoring networks, each with its preset's training config (gmia.networks.training)."""
+def _networks(needs_data: tuple[str, ...] = (), second_utility: bool = True) -> list[Stage]:
+    """The scoring networks, each with its preset's training config (gmia.networks.training); ``second_utility``:
+    E_ut2 too."""
     notes = {"mfm": "label-free foundation model (features for the decoupler; stage 1's perceptual term)",
              "identity": "E_id, the identity network the optimizer pushes against",
              "utility": "E_ut, the finding classifier whose features the optimizer keeps",
+             "utility2": "E_ut2, a finding classifier of another family (plain CNN) the optimizer may keep too",
              "attacker": "the evaluation-only re-identifier (another family and seed than E_id)"}
-    return [Stage(role, "network", needs_data, {"role": role}, note=notes[role]) for role in notes]
+    return [Stage(role, "network", needs_data, {"role": role}, note=notes[role]) for role in notes
+            if second_utility or role != "utility2"]
 
 
 def _aegan_leg(name: str, init: str, note: str, **options) -> Stage:
@@ -67,8 +70,11 @@ _FIDELITY = dict(lambda_gan=0.0, lambda_ssim=1.0)  # the fidelity fine-tune: 10 
 
 
 def _phantom(preset: str, cotrain_kimg: float, eft_kimg: float, pool: bool, refine: dict) -> tuple[Stage, ...]:
-    """The shipped phantom recipe (Makefile `train-phantom`; the kimg are the ones each card records)."""
-    stages = _networks() + [
+    """The shipped phantom recipe (Makefile `train-phantom`; the kimg are the ones each card records). E_ut2 where the
+    preset's stage 2 reads it (the published recipes always train it: a user's fit folder then takes --lambda-ut2)."""
+    from ..anonymization.config import PRESETS as STAGE2
+
+    stages = _networks(second_utility=STAGE2[preset].lambda_ut2 > 0) + [
         Stage("decoupler", "decoupler", ("mfm",), {}, note="MDL split of the MFM's features (P_sem, P_id)"),
         Stage("aegan", "aegan", (), {"kimg": cotrain_kimg}, export=False, distributed=True,
               note="stage 1: E and G co-trained against D"),
@@ -110,7 +116,7 @@ def _phantom(preset: str, cotrain_kimg: float, eft_kimg: float, pool: bool, refi
 
 
 def _published(preset: str) -> tuple[Stage, ...]:
-    """The published recipe at 256 px: the four networks, the decoupler, the AE-GAN (GMIA's co-training; the
+    """The published recipe at 256 px: the five scoring networks, the decoupler, the AE-GAN (GMIA's co-training; the
     published generator is its 6 854-kimg snapshot), the latent prior and the stage-1 report."""
     return tuple(_networks()) + (
         Stage("decoupler", "decoupler", ("mfm",), {}, note="MDL split of the MFM's features (P_sem, P_id)"),
@@ -143,6 +149,7 @@ _TINY_NET = {
     "network:attacker": dict(widths=(8, 16, 16, 16), convs=(1, 1, 1, 1), embed_dim=32),
     "network:utility": dict(growth=4, blocks=(2, 2), init_features=8, feature_dim=16, decoder_width=8,
                             stem="small"),
+    "network:utility2": dict(widths=(8, 16), convs=(1, 1)),
     "network:mfm": dict(widths=(8, 8, 16, 16, 16, 16), latent_channels=4, probe_images=64, projection_dim=8,
                         mask_patch=32),
 }

@@ -3,6 +3,7 @@
     >>> from gmia import networks
     >>> e_id = networks.load("phantom-cxr64", "identity")    # IdentityNet: embed(x) → (N, 512) unit norm
     >>> e_ut = networks.load("phantom-cxr64", "utility")     # UtilityNet: features(x) (N, 512), logits(x)
+    >>> e_ut2 = networks.load("phantom-cxr64", "utility2")   # PlainUtilityNet: a second family, same verbs
     >>> mfm = networks.load("phantom-cxr64", "mfm")          # MFMNet: features(x) (N, 512)
     >>> atk = networks.load("phantom-cxr64", "attacker")     # AttackerNet, for evaluation only
 
@@ -28,16 +29,18 @@ from .attacker import AttackerNet
 from .base import FrozenNet
 from .identity import IdentityNet
 from .mfm import MFMNet
+from .plain_utility import PlainUtilityNet
 from .utility import UtilityNet
 from .xrv import XRVAutoencoder, XRVUtility
 
-__all__ = ["ROLES", "ROLE_CLASSES", "load", "checkpoint_dir", "checkpoint_roots", "looked_in", "FrozenNet", "IdentityNet", "UtilityNet", "MFMNet",
-           "AttackerNet", "XRVUtility", "XRVAutoencoder"]
+__all__ = ["ROLES", "ROLE_CLASSES", "load", "checkpoint_dir", "checkpoint_roots", "looked_in", "FrozenNet",
+           "IdentityNet", "UtilityNet", "PlainUtilityNet", "MFMNet", "AttackerNet", "XRVUtility", "XRVAutoencoder"]
 
 # Checkpoint class names (stored in cards; gmia.checkpoints.CHECKPOINT_CLASSES) → classes of this package.
 _CLASSES: dict[str, type[FrozenNet]] = {
     "gmia.networks.IdentityNet": IdentityNet,
     "gmia.networks.UtilityNet": UtilityNet,
+    "gmia.networks.PlainUtilityNet": PlainUtilityNet,
     "gmia.networks.MFMNet": MFMNet,
     "gmia.networks.AttackerNet": AttackerNet,
     "gmia.networks.XRVUtility": XRVUtility,
@@ -48,6 +51,7 @@ _CLASSES: dict[str, type[FrozenNet]] = {
 ROLE_CLASSES: dict[str, tuple[type[FrozenNet], ...]] = {
     "identity": (IdentityNet,),
     "utility": (UtilityNet, XRVUtility),
+    "utility2": (PlainUtilityNet,),
     "mfm": (MFMNet, XRVAutoencoder),
     "attacker": (AttackerNet,),
 }
@@ -91,7 +95,7 @@ def looked_in(preset: str, root: str | Path = DEFAULT_ROOT) -> str:
 def load(preset: str, role: str, root: str | Path = "checkpoints", device: str | torch.device = "cpu") -> FrozenNet:
     """The frozen ``role`` network of ``preset`` from ``<root>/<preset>/<role>.safetensors`` (+ ``.json``).
 
-    role: identity | utility | mfm | attacker. Unknown presets or roles list the valid ones; missing weights
+    role: identity | utility | utility2 | mfm | attacker. Unknown presets or roles list the valid ones; missing weights
     say which file to provide and how to make it.
     """
     if preset not in _PRESETS:

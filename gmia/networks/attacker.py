@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FrozenNet
+from .base import FrozenNet, plain_cnn
 
 __all__ = ["AttackerNet", "GeM"]
 
@@ -47,13 +47,7 @@ class AttackerNet(FrozenNet):
                  ):
         super().__init__(in_channels, resolution)
         self.embed_dim = int(embed_dim)
-        layers, c = [], in_channels
-        for w, n in zip(widths, convs):
-            for _ in range(n):
-                layers += [nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-                c = w
-            layers.append(nn.MaxPool2d(2))
-        self.trunk = nn.Sequential(*layers)
+        self.trunk, c = plain_cnn(in_channels, widths, convs)
         self.pool = GeM(gem_p)
         self.fc = nn.Linear(c, embed_dim)
         self.bn = nn.BatchNorm1d(embed_dim)

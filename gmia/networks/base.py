@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["FrozenNet", "check_images", "adapt_channels", "adapt_resolution", "RANGE_TOLERANCE"]
+__all__ = ["FrozenNet", "check_images", "adapt_channels", "adapt_resolution", "plain_cnn", "RANGE_TOLERANCE"]
 
 RANGE_TOLERANCE = 1e-3  # resampling may overshoot [0, 1] by rounding; anything beyond is a caller bug
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for RGB → grey
@@ -63,6 +63,18 @@ def adapt_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
         return x
     shrink = x.shape[-1] > resolution
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def plain_cnn(in_channels: int, widths: tuple, convs: tuple) -> tuple[nn.Sequential, int]:
+    """A VGG-style trunk: per stage, ``convs[i]`` conv3x3-BN-ReLU layers of ``widths[i]`` channels, then a 2x2
+    max-pool; no residual or dense connections. Returns it and its output channels."""
+    layers, c = [], in_channels
+    for w, n in zip(widths, convs):
+        for _ in range(n):
+            layers += [nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers), c
 
 
 class FrozenNet(nn.Module):

@@ -12,7 +12,7 @@ from tests.conftest import save_tiny_checkpoints, toy_phantom_set
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
-    """<root>/phantom-cxr64/{aegan,identity,utility}: seeded random toy networks."""
+    """<root>/phantom-cxr64/{aegan,identity,utility,utility2}: seeded random toy networks."""
     return save_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 

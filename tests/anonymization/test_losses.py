@@ -34,7 +34,8 @@ def test_l2_gradient_is_finite_at_zero_distance():
 def test_objective_is_per_image_and_differentiable(tiny_checkpoints):
     from gmia.anonymization import anonymize_config, load_engine
 
-    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0), tiny_checkpoints)
+    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_ut2=0.0),
+                         tiny_checkpoints)
     x_r = torch.rand(3, 1, 64, 64)
     refs = engine.objective.references(x_r)
     x_a = torch.rand(3, 1, 64, 64, requires_grad=True)
@@ -131,7 +132,8 @@ def test_finding_place_term_keeps_the_pixels_where_e_ut_sees_findings():
 def test_the_engine_adds_the_finding_place_term_when_asked(tiny_checkpoints):
     from gmia.anonymization import anonymize_config, load_engine
 
-    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_place=2.0),
+    engine = load_engine(anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_place=2.0,
+                                          lambda_ut2=0.0),
                          tiny_checkpoints)
     x_r = torch.rand(2, 1, 64, 64)
     refs = engine.objective.references(x_r)
@@ -183,3 +185,30 @@ def test_the_engine_jitters_e_ut_by_the_rows_steps_when_asked(tiny_checkpoints):
     by_step = [engine.objective.evaluate(x_a, refs, margin=-1.0, steps=torch.tensor([s, s]))[1]["ut"]
                for s in (0, 4, 9)]
     assert torch.allclose(by_step[0], by_step[2]) and not torch.allclose(by_step[0], by_step[1])
+
+
+def test_the_second_utility_network_is_a_term_of_its_own_when_asked(tmp_path):
+    from gmia.anonymization import anonymize_config, load_engine
+    from gmia.errors import CheckpointError
+    from tests.conftest import save_tiny_checkpoints
+
+    root = save_tiny_checkpoints(tmp_path, roles=("aegan", "identity", "utility"))
+    cfg = anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_ut2=0.5)
+    assert anonymize_config("phantom-cxr64").lambda_ut2 > 0 and anonymize_config("phantom-face64").lambda_ut2 == 0
+    with pytest.raises(CheckpointError, match=r"utility2\.safetensors.*gmia train utility2"):
+        load_engine(cfg, root)
+    save_tiny_checkpoints(root, roles=("utility2",))
+    engine = load_engine(cfg, root)
+    second = [t for t in engine.objective.extra if t.name == "ut2"]
+    assert len(second) == 1 and second[0].weight == 0.5 and second[0].net is not engine.e_ut
+    assert "utility2" in engine.checkpoints and "ut2" not in [t.name for t in load_engine(
+        anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_ut2=0.0), root).objective.extra]
+    x_r = torch.rand(3, 1, 64, 64)
+    refs = engine.objective.references(x_r)
+    total, parts = engine.objective.evaluate(x_r, refs, margin=-1.0)
+    assert parts["ut2"].shape == (3,) and parts["ut2"].max() < 1e-4      # the source is at distance 0 from itself
+    x_a = (x_r + 0.3 * torch.rand_like(x_r)).clamp(0, 1)
+    total_a, parts_a = engine.objective.evaluate(x_a, refs, margin=-1.0)
+    assert (parts_a["ut2"] > 1e-3).all()
+    assert torch.allclose(total_a - 0.5 * parts_a["ut2"],
+                          engine.objective.identity.weight * parts_a["hinge"] + parts_a["ut"], atol=1e-5)

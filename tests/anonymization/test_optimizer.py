@@ -13,7 +13,7 @@ def engine(tiny_checkpoints):
 
 
 def _cfg(**kw):
-    base = dict(margin=-1.0, privacy=None, patience=10_000, utility_ratio=0.0, max_steps=50, lr=0.05)
+    base = dict(margin=-1.0, privacy=None, patience=10_000, utility_ratio=0.0, max_steps=50, lr=0.05, precision="fp32")
     return dataclasses.replace(anonymize_config("phantom-cxr64"), **{**base, **kw})
 
 
@@ -119,7 +119,7 @@ def test_mdl_term_is_wired_in_when_its_weight_is_set(tiny_checkpoints, tmp_path)
 
     root = tmp_path / "ck"
     shutil.copytree(tiny_checkpoints, root)
-    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0, lambda_surrogate=0.0)
+    cfg = anonymize_config("phantom-cxr64", lambda_mdl=1.0, lambda_surrogate=0.0, lambda_ut2=0.0)
     kw = dict(in_channels=1, resolution=32, widths=(8, 16, 16), latent_channels=4, decoder=True, projection_dim=8)
     mfm = MFMNet(**kw)
     save_module(mfm, kw, root / "phantom-cxr64", "mfm", meta={"preset": "phantom-cxr64"})

@@ -48,7 +48,7 @@ def test_outputs_and_no_identifiers_in_released_files(tmp_path, tiny_checkpoints
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "image,finding_a,finding_b" and len(labels) == 13
     run = json.loads((out / "run.json").read_text())
-    assert set(run["checkpoints"]) == {"aegan", "identity", "utility", "latent_prior", "latent_split"}
+    assert set(run["checkpoints"]) == {"aegan", "identity", "utility", "utility2", "latent_prior", "latent_split"}
     assert run["summary"]["released"] == 12
     # nothing public names a patient, a study or a source file
     meta = (phantom_dir / "metadata.csv").read_text().splitlines()[1:]
@@ -250,6 +250,16 @@ def test_utility_jitter_flag_reaches_the_config(phantom_dir):
     res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--utility-jitter", "-1",
                                    "--dry-run"])
     assert res.exit_code != 0 and "utility-jitter" in res.output
+
+
+def test_second_utility_flag_reaches_the_config(phantom_dir):
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--lambda-ut2", "0.7",
+                                   "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["config"]["lambda_ut2"] == 0.7
+    res = CliRunner().invoke(cli, ["anonymize", "--input", str(phantom_dir), "--out", "y", "--lambda-ut2", "-1",
+                                   "--dry-run"])
+    assert res.exit_code != 0 and "loss weights must be >= 0" in res.output
 
 
 def test_bf16_choice_by_precision_and_device(monkeypatch):

@@ -39,7 +39,7 @@ def test_missing_prior_names_the_file_and_the_command(tmp_path):
 def test_surrogate_term_targets_a_generated_identity_and_its_gradient_pulls_towards_it(tiny_checkpoints):
     engine = load_engine(anonymize_config("phantom-cxr64", lambda_surrogate=1.0, surrogate_cos=1.0),
                          tiny_checkpoints)
-    term = engine.objective.extra[0]
+    term = next(t for t in engine.objective.extra if t.name == "sur")
     assert isinstance(term, SurrogateTerm)
     x_r = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(3))
     refs = engine.objective.references(x_r, [11, 12, 13])

@@ -23,9 +23,9 @@ TRAIN_PATIENTS, TEST_PATIENTS, STUDIES = 4, 6, 3
 
 @pytest.fixture(scope="session")
 def eval_checkpoints(tmp_path_factory):
-    """<root>/phantom-cxr64/{aegan,identity,utility,attacker,mfm}: seeded random toy networks (E_ut segments)."""
+    """<root>/phantom-cxr64/{aegan,identity,utility,utility2,attacker,mfm}: seeded random toy networks (E_ut segments)."""
     return save_tiny_checkpoints(tmp_path_factory.mktemp("eval-ckpt"),
-                                 ("aegan", "identity", "utility", "attacker", "mfm"),
+                                 ("aegan", "identity", "utility", "utility2", "attacker", "mfm"),
                                  overrides={"utility": dict(segment=True, decoder_width=8)})
 
 

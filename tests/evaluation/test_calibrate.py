@@ -56,8 +56,12 @@ def test_a_table_measured_with_the_mfm_term_also_belongs_to_the_foundation_model
     from gmia.anonymization import anonymize_config
 
     folder = eval_checkpoints / "phantom-cxr64"
-    without, with_term = (weights_of(folder, anonymize_config("phantom-cxr64", lambda_mdl=v)) for v in (0.0, 1.0))
+    without, with_term = (weights_of(folder, anonymize_config("phantom-cxr64", lambda_mdl=v, lambda_ut2=0.0))
+                          for v in (0.0, 1.0))
     assert "mfm" not in without and without == weights_of(folder)
+    # ... and one measured with the second utility network to that network
+    assert weights_of(folder, anonymize_config("phantom-cxr64", lambda_ut2=0.2)) == {
+        **without, "utility2": json.loads((folder / "utility2.json").read_text())["sha256"]}
     # the toy folder has an MFM and no decoupler: the roles present are fingerprinted
     assert with_term == {**without, "mfm": json.loads((folder / "mfm.json").read_text())["sha256"]}
 
@@ -126,6 +130,13 @@ def test_target_auc_refuses_settings_the_table_was_not_measured_with(eval_checkp
         other = CliRunner().invoke(main, args + ["--lambda-mdl", "1"])
         assert other.exit_code != 0
         assert "measured with lambda_mdl=0.0; this run sets lambda_mdl=1.0" in other.output, other.output
+        # a table from before a setting existed was measured at that setting's default
+        older = {k: v for k, v in settings.items() if k != "lambda_ut2"}
+        (folder / CALIBRATION_FILE).write_text(json.dumps({"tables": [{**TABLE, "weights": weights_of(folder),
+                                                                        "settings": older}]}))
+        assert CliRunner().invoke(main, args + ["--lambda-ut2", "0"]).exit_code == 0
+        other = CliRunner().invoke(main, args + ["--lambda-ut2", "0.5"])
+        assert other.exit_code != 0 and "measured with lambda_ut2=0.0; this run sets lambda_ut2=0.5" in other.output
     finally:
         (folder / CALIBRATION_FILE).unlink()
 

@@ -15,7 +15,7 @@ from gmia.fit import DataSpec, fit, recipe
 
 from tests.fit.conftest import TINY_SETTINGS, fit_args
 
-ROLES = ("aegan", "identity", "utility", "mfm", "attacker", "decoupler", "latent-prior", "latent-split")
+ROLES = ("aegan", "identity", "utility", "utility2", "mfm", "attacker", "decoupler", "latent-prior", "latent-split")
 
 
 def _anonymize(data_args, ckpt, out, *extra):
@@ -58,6 +58,11 @@ def test_mimic_tree_fit_then_anonymize(fitted_mimic, mimic_root, tmp_path):
 
     anon = _anonymize(["--dataset", "mimic", "--data-root", str(mimic_root)], out, tmp_path / "anon")
     _check_release(anon, 6)
+    # the fit folder holds the second utility network too: its term runs on it
+    anon2 = _anonymize(["--dataset", "mimic", "--data-root", str(mimic_root)], out, tmp_path / "anon2",
+                       "--lambda-ut2", "0.2")
+    _check_release(anon2, 6)
+    assert "utility2" in json.loads((anon2 / "run.json").read_text())["checkpoints"]
     run = json.loads((anon / "run.json").read_text())
     assert run["checkpoints"]["aegan"] == read_card(out, "aegan")["sha256"]
     # the folder holds the latent split too: the re-drawn start (--redraw, --target-auc) runs on it as it is

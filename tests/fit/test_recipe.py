@@ -118,3 +118,13 @@ def test_variant_and_overrides():
         recipe("gmia-cxr256", overrides={"nope": {"x": 1}})
     with pytest.raises(ConfigError, match="expected STAGE.FIELD=VALUE"):
         parse_override("kimg=3")
+
+
+def test_the_second_utility_network_is_trained_where_stage_2_reads_it():
+    from gmia.anonymization.config import PRESETS as STAGE2
+
+    for preset in ("phantom-cxr64", "phantom-face64", "gmia-cxr256"):
+        roles = [s.options["role"] for s in recipe(preset) if s.kind == "network"]
+        published = not preset.startswith("phantom")
+        assert ("utility2" in roles) == (published or STAGE2[preset].lambda_ut2 > 0), preset
+    assert "utility2" in [s.options["role"] for s in recipe("phantom-cxr64") if s.kind == "network"]

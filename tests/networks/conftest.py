@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gmia.networks import AttackerNet, IdentityNet, MFMNet, UtilityNet
+from gmia.networks import AttackerNet, IdentityNet, MFMNet, PlainUtilityNet, UtilityNet
 
 TINY = {
     "identity": (IdentityNet, dict(widths=(8, 16, 16), blocks=(1, 1, 1), stem_width=8, embed_dim=32)),
     "utility": (UtilityNet, dict(num_findings=3, growth=4, blocks=(2, 2), init_features=8, feature_dim=16)),
     "utility_seg": (UtilityNet, dict(num_findings=3, growth=4, blocks=(2, 2), init_features=8, feature_dim=16,
                                      segment=True, decoder_width=8)),
+    "utility2": (PlainUtilityNet, dict(num_findings=3, widths=(8, 16), convs=(1, 2))),
     "mfm": (MFMNet, dict(widths=(8, 16, 16), latent_channels=4, decoder=True, projection_dim=8)),
     "attacker": (AttackerNet, dict(widths=(8, 16, 16), convs=(1, 1, 1), embed_dim=32)),
 }

@@ -1,4 +1,4 @@
-"""The common contract of E_id, E_ut, the MFM and the attacker: [0, 1] NCHW in, adaptation inside, frozen
+"""The common contract of E_id, E_ut, E_ut2, the MFM and the attacker: [0, 1] NCHW in, adaptation inside, frozen
 weights, gradients to the input."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from gmia.errors import InputError
 from gmia.networks.base import adapt_channels
 
-KINDS = ["identity", "utility", "utility_seg", "mfm", "attacker"]
+KINDS = ["identity", "utility", "utility_seg", "utility2", "mfm", "attacker"]
 
 
 def _verb(net, kind):

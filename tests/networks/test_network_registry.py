@@ -30,7 +30,7 @@ def test_load_returns_the_frozen_network(save, tmp_path):
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match="valid roles: identity, utility, mfm, attacker"):
+    with pytest.raises(ConfigError, match="valid roles: identity, utility, utility2, mfm, attacker"):
         networks.load("phantom-cxr64", "generator", root=tmp_path)
     with pytest.raises(ConfigError, match="valid presets: phantom-cxr64"):
         networks.load("nope", "identity", root=tmp_path)
@@ -49,6 +49,17 @@ def test_attacker_weights_cannot_pose_as_the_identity_network(save, tmp_path):
         networks.load("phantom-cxr64", "identity", root=tmp_path)
     assert networks.ROLE_CLASSES["attacker"] == (networks.AttackerNet,)
     assert not issubclass(networks.AttackerNet, networks.IdentityNet)
+
+
+def test_the_second_utility_network_is_its_own_role_and_family(save, tmp_path):
+    save("utility", tmp_path, name="utility2")  # E_ut's DenseNet cannot stand in for the second family
+    with pytest.raises(CheckpointError, match="utility2 checkpoint must hold one of"):
+        networks.load("phantom-cxr64", "utility2", root=tmp_path)
+    net = save("utility2", tmp_path).eval()
+    loaded = networks.load("phantom-cxr64", "utility2", root=tmp_path)
+    assert isinstance(loaded, networks.PlainUtilityNet) and not isinstance(loaded, networks.UtilityNet)
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(net.logits(x), loaded.logits(x)) and loaded.features(x).shape == (2, 16)
 
 
 def test_weights_of_another_preset_are_refused(save, tmp_path):

@@ -19,12 +19,14 @@ TINY_ARCH = {
     "identity": dict(widths=(8, 16, 16), blocks=(1, 1, 1), stem_width=8, embed_dim=32),
     "attacker": dict(widths=(8, 16, 16, 16), convs=(1, 1, 1, 1), embed_dim=32),
     "utility": dict(growth=4, blocks=(2, 2), init_features=8, feature_dim=16, decoder_width=8),
+    "utility2": dict(widths=(8, 16), convs=(1, 1)),
     "mfm": dict(widths=(8, 16, 16, 16), latent_channels=4, probe_images=100, projection_dim=8),
 }
 EXPECTED = {
     "identity": {"verification_auc", "eer", "rank1", "rank5"},
     "attacker": {"verification_auc", "eer", "rank1", "rank5"},
     "utility": {"macro_auroc", "auroc/nodule"},
+    "utility2": {"macro_auroc", "auroc/nodule"},
     "mfm": {"id_probe_auc", "id_raw_auc", "finding_probe_macro_auroc", "finding_probe_auroc/nodule"},
 }
 
@@ -41,7 +43,7 @@ def cxr_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("role", ["identity", "utility", "mfm", "attacker"])
+@pytest.mark.parametrize("role", ["identity", "utility", "utility2", "mfm", "attacker"])
 def test_one_epoch_writes_checkpoint_card_and_test_metrics(cxr_dir, tmp_path, role):
     cfg = _tiny_cfg("phantom-cxr64", role)
     result = train(cfg, cxr_dir, tmp_path / "phantom-cxr64", progress=False)

@@ -1,4 +1,4 @@
-"""What differs between the four trainings: the network, the loss of one batch and the held-out metrics.
+"""What differs between the trainings: the network, the loss of one batch and the held-out metrics.
 
 A task holds the modules it trains (``modules``: the network plus any training-only head), computes the loss
 of one batch (``loss``) and evaluates a split (``evaluate``). The loop in ``loops.py`` is the same for all.
@@ -16,8 +16,9 @@ from ... import metrics
 from ..attacker import AttackerNet
 from ..identity import IdentityNet
 from ..mfm import MFMNet
+from ..plain_utility import PlainUtilityNet
 from ..utility import UtilityNet
-from .config import AttackerConfig, IdentityConfig, MFMConfig, TrainConfig, UtilityConfig
+from .config import AttackerConfig, IdentityConfig, MFMConfig, SecondUtilityConfig, TrainConfig, UtilityConfig
 from .data import PhantomData, Split
 from .margin_losses import ArcFaceHead, CosFaceHead
 
@@ -134,14 +135,16 @@ def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0
 
 
 class UtilityTask(Task):
-    """E_ut: multi-label BCE on the findings (unknown = NaN skipped) + lesion BCE/Dice when segmenting."""
+    """E_ut and E_ut2: multi-label BCE on the findings (unknown = NaN skipped) + lesion BCE/Dice when segmenting."""
 
-    def __init__(self, cfg: UtilityConfig, data: PhantomData):
+    def __init__(self, cfg: UtilityConfig | SecondUtilityConfig, data: PhantomData):
         super().__init__(cfg, data)
-        train = data.splits["train"]
-        segment = cfg.segment and train.masks is not None
-        self._build(UtilityNet, num_findings=len(data.findings), finding_names=tuple(data.findings),
-                    **{**cfg.net_kwargs(), "segment": segment})
+        findings = dict(num_findings=len(data.findings), finding_names=tuple(data.findings))
+        if cfg.role == "utility2":
+            self._build(PlainUtilityNet, **findings, **cfg.net_kwargs())
+            return
+        segment = cfg.segment and data.splits["train"].masks is not None
+        self._build(UtilityNet, **findings, **{**cfg.net_kwargs(), "segment": segment})
 
     def loss(self, batch):
         x, mask = self.augment(batch["image"], batch.get("mask") if self.net.has_segmentation else None)
@@ -242,4 +245,4 @@ class MFMTask(Task):
 def make_task(cfg: TrainConfig, data: PhantomData) -> Task:
     if cfg.role in ("identity", "attacker"):
         return ReIdTask(cfg, data)
-    return {"utility": UtilityTask, "mfm": MFMTask}[cfg.role](cfg, data)
+    return {"utility": UtilityTask, "utility2": UtilityTask, "mfm": MFMTask}[cfg.role](cfg, data)
