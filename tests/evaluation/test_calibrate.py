@@ -143,6 +143,7 @@ def test_target_auc_refuses_settings_the_table_was_not_measured_with(eval_checkp
 
 @pytest.mark.slow
 def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(tmp_path, eval_data, eval_checkpoints):
+    from gmia.anonymization import anonymize_config
     from gmia.evaluation import AdaptiveConfig, EvalConfig
     from gmia.evaluation.calibrate import CalibrationConfig, calibrate
 
@@ -150,7 +151,7 @@ def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(
                             eval=EvalConfig(bootstrap=10, adaptive=AdaptiveConfig(epochs=1, batch_size=16, seeds=1,
                                                                                   resnet_epochs=1)))
     out = tmp_path / "calibration.json"
-    w = weights_of(eval_checkpoints / "phantom-cxr64")
+    w = weights_of(eval_checkpoints / "phantom-cxr64", anonymize_config("phantom-cxr64"))  # the preset's networks
     stale = {**HIGH, "margin": 0.3, "weights": {**w, "aegan": "0" * 64}}
     out.write_text(json.dumps({"tables": [{**HIGH, "weights": w}, stale]}))   # another level, and a stale table
     table = calibrate("phantom-cxr64", eval_data, out, checkpoints=eval_checkpoints, cfg=cfg, work=tmp_path / "runs")
