@@ -105,9 +105,9 @@ def check_settings(table: dict, anon_cfg, path) -> None:
     held = table.get("settings")
     if held is None:
         return
-    # a setting added after the table was measured was measured at its default (what every run did before it)
-    held = {**{k: v for k, v in RESULT_DEFAULTS.items() if k in settings_of(anon_cfg)}, **held}
     now = settings_of(anon_cfg)
+    # a setting added after the table was measured was measured at its default (what every run did before it)
+    held = {**{k: RESULT_DEFAULTS[k] for k in now if k in RESULT_DEFAULTS}, **held}
     changed = [k for k in now if k in held and held[k] != now[k]]
     if changed:
         raise ConfigError(f"{path}: the table at m = {table.get('margin'):g} was measured with "
