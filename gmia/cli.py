@@ -19,7 +19,8 @@ from .errors import GmiaError
 # checks each line against the command's own help.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("gmia.cli_train", "train",
-              "Train one network of a preset: E_id, E_ut, E_ut2, the MFM, the attacker, stage 1 or the amortized anonymizer."),
+              "Train one network of a preset: E_id, E_ut, E_ut2, the MFM, the attacker, stage 1 or the amortized "
+              "anonymizer."),
     "project": ("gmia.projection.cli", "project",
                 "Project images to latent codes; write latents, reconstructions and metrics.json."),
     "anonymize": ("gmia.anonymization.cli", "anonymize",
