@@ -194,7 +194,8 @@ def test_the_second_utility_network_is_a_term_of_its_own_when_asked(tmp_path):
 
     root = save_tiny_checkpoints(tmp_path, roles=("aegan", "identity", "utility"))
     cfg = anonymize_config("phantom-cxr64", margin=-1.0, lambda_surrogate=0.0, lambda_ut2=0.5)
-    assert anonymize_config("phantom-cxr64").lambda_ut2 > 0 and anonymize_config("phantom-face64").lambda_ut2 == 0
+    assert all(anonymize_config(p).lambda_ut2 > 0 for p in ("phantom-cxr64", "phantom-face64"))
+    assert anonymize_config("phantom-face64", speed="fast").lambda_ut2 == 0
     with pytest.raises(CheckpointError, match=r"utility2\.safetensors.*gmia train utility2"):
         load_engine(cfg, root)
     save_tiny_checkpoints(root, roles=("utility2",))
