@@ -104,11 +104,19 @@ EVAL_TRAIN ?= 400
 # them (its outputs there are not what it does for a stranger): validation patients
 EVAL_SPLIT ?= $(if $(filter amortized,$(ENGINE)),val,train)
 EVAL_PRESET := $(if $(filter phantom-face,$(DATASET)),phantom-face64,phantom-cxr64)
-EVAL_OUT    := outputs/eval/$(EVAL_PRESET)$(if $(ENGINE),-$(ENGINE))
-evaluate: data/$(EVAL_PRESET)/phantom.json
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split test $(ANON_KNOB) --out $(EVAL_OUT)/anon-test-$(KNOB) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --quiet
-	$(GMIA) anonymize --preset $(EVAL_PRESET) --input data/$(EVAL_PRESET) --split $(EVAL_SPLIT) $(ANON_KNOB) --out $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) $(ANON_ENGINE) --quiet
-	$(GMIA) evaluate --preset $(EVAL_PRESET) --real data/$(EVAL_PRESET) --anon $(EVAL_OUT)/anon-test-$(KNOB) --anon-train $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --out $(EVAL_OUT)/metrics-$(KNOB) $(ANON_THREADS)
+# PHANTOM_SEED=N: evaluate on a fresh draw of the phantom benchmark (data/<preset>-seedN), whose patients no shipped
+# network has seen, in any split: the adaptive attacker's and the classifiers' training images are new too
+PHANTOM_SEED ?=
+EVAL_DATA   := data/$(EVAL_PRESET)$(if $(PHANTOM_SEED),-seed$(PHANTOM_SEED))
+EVAL_OUT    := outputs/eval/$(EVAL_PRESET)$(if $(ENGINE),-$(ENGINE))$(if $(PHANTOM_SEED),-seed$(PHANTOM_SEED))
+ifneq ($(PHANTOM_SEED),)
+$(EVAL_DATA)/phantom.json: | install
+	$(GMIA) phantom --preset $(EVAL_PRESET) --seed $(PHANTOM_SEED) --out $(EVAL_DATA)
+endif
+evaluate: $(EVAL_DATA)/phantom.json
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input $(EVAL_DATA) --split test $(ANON_KNOB) --out $(EVAL_OUT)/anon-test-$(KNOB) --write-linkage --resume $(if $(LIMIT),--limit $(LIMIT)) $(ANON_THREADS) $(ANON_ENGINE) --quiet
+	$(GMIA) anonymize --preset $(EVAL_PRESET) --input $(EVAL_DATA) --split $(EVAL_SPLIT) $(ANON_KNOB) --out $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --write-linkage --resume --limit $(EVAL_TRAIN) $(ANON_THREADS) $(ANON_ENGINE) --quiet
+	$(GMIA) evaluate --preset $(EVAL_PRESET) --real $(EVAL_DATA) --anon $(EVAL_OUT)/anon-test-$(KNOB) --anon-train $(EVAL_OUT)/anon-$(EVAL_SPLIT)-$(KNOB) --out $(EVAL_OUT)/metrics-$(KNOB) $(ANON_THREADS)
 	$(GMIA) report $(EVAL_OUT)/metrics-$(KNOB)
 
 # make calibrate [DATASET=phantom-face]: the adaptive attacker's AUC and utility at re-draw strengths 0, 0.5, 0.75, 1
