@@ -172,3 +172,20 @@ def test_calibrate_measures_each_strength_and_writes_a_table_anonymize_can_read(
     stamp = measured.stat().st_mtime_ns
     again = calibrate("phantom-cxr64", eval_data, out, checkpoints=eval_checkpoints, cfg=cfg, work=tmp_path / "runs")
     assert measured.stat().st_mtime_ns == stamp and again["rows"] == table["rows"]
+
+
+@pytest.mark.parametrize("preset", ["phantom-cxr64", "phantom-face64"])
+def test_the_shipped_tables_hold_for_the_shipped_presets(preset):
+    """`--target-auc` on a phantom preset reads checkpoints/<preset>/calibration.json: each of its tables must be of
+    the shipped weights and of the preset's stage-2 settings at its level, or a user's first `--target-auc` fails."""
+    from pathlib import Path
+
+    from gmia.anonymization import anonymize_config
+    from gmia.evaluation.calibrate import check_settings, load_calibration
+
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / preset
+    tables = json.loads((folder / CALIBRATION_FILE).read_text())["tables"]
+    assert {t["privacy"] for t in tables} >= {"medium", "high"}
+    for t in tables:
+        assert load_calibration(folder, t["margin"])["rows"], t["privacy"]    # the weights' sha256s match
+        check_settings(t, anonymize_config(preset, privacy=t["privacy"]), folder / CALIBRATION_FILE)
