@@ -59,7 +59,7 @@ from gmia.errors import ConfigError
 __all__ = ["AeganConfig", "ARCHITECTURE_FIELDS", "PERCEPTUAL_KINDS", "PRESETS", "ProjectionConfig", "aegan_config",
            "config_dict"]
 
-PERCEPTUAL_KINDS = ("auto", "lpips", "mfm", "none")
+PERCEPTUAL_KINDS = ("auto", "lpips", "mfm", "utility", "none")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class AeganConfig:
     lambda_perc: float = 10.0           # perceptual term
     lambda_ssim: float = 0.0            # structural term 1 - SSIM (the fidelity metric; 0: off, as published)
     perceptual: str = "auto"            # "auto" (lpips if its backbone is local, else the preset's MFM), "lpips",
-    #                                     "mfm", "none" (no perceptual term)
+    #                                     "mfm", "utility" (E_ut's and E_ut2's features), "none" (no perceptual term)
     lpips_weights: str | None = None    # torchvision AlexNet weights file for lpips (never downloaded)
     r1_gamma: float = 1.0               # R1 weight γ (penalty γ/2 · |∇D(x)|²)
     r1_interval: int = 16               # lazy R1: every this many minibatches (0: off)

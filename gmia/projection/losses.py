@@ -12,6 +12,8 @@ Perceptual term (``build_perceptual``), never a random-weight network:
     passed as ``lpips_weights`` or found in the torch hub cache). Nothing is downloaded.
   * "mfm" (the offline default): the relative squared error between features of the preset's frozen MFM,
     ``|f(x̂) - f(x)|² / |f(x)|²`` per image, with ``f = gmia.networks.load(preset, "mfm").features``.
+  * "utility": the same relative error over the preset's utility networks' features (E_ut, and E_ut2 where the
+    preset has one), summed: an encoder fine-tune that keeps what the finding classifiers read, not only pixels.
   * "auto": lpips when its trunk weights are local, else the MFM; neither → CheckpointError saying what to give.
 """
 
@@ -30,7 +32,7 @@ from gmia.checkpoints import sha256_file
 from gmia.errors import CheckpointError, ConfigError
 
 __all__ = [
-    "FeatureLoss", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual", "d_logistic_loss",
+    "FeatureLoss", "FeatureSum", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual", "d_logistic_loss",
     "dssim_per_image", "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty",
     "path_lengths", "r1_penalty", "ssim_per_image",
 ]
@@ -116,6 +118,20 @@ class FeatureLoss(PerceptualLoss):
         return (f1 - f0).square().sum(dim=1) / (f0.square().sum(dim=1) + self.eps)
 
 
+class FeatureSum(PerceptualLoss):
+    """The sum of several FeatureLoss terms, per image: one perceptual term read by more than one network."""
+
+    def __init__(self, terms: list[FeatureLoss], name: str):
+        super().__init__()
+        if not terms:
+            raise ConfigError("FeatureSum needs at least one feature loss")
+        self.terms, self.name = nn.ModuleList(terms), name
+        self.freeze()
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return sum(term(x_hat, x) for term in self.terms)
+
+
 def local_alexnet_weights() -> Path | None:
     """The torchvision AlexNet weights in the local torch hub cache, if someone put them there."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
@@ -170,28 +186,58 @@ class LpipsLoss(PerceptualLoss):
         return self.model(x_hat, x, normalize=True).flatten()
 
 
-def _load_mfm(preset: str | None, checkpoints: str | Path = "checkpoints") -> FeatureLoss:
+def _load_features(preset: str | None, roles: tuple[str, ...], checkpoints: str | Path = "checkpoints",
+                   optional: tuple[str, ...] = ()) -> list[FeatureLoss]:
+    """One FeatureLoss per network role of ``preset`` (a role in ``optional`` is skipped when its file is absent),
+    each recording the weights file it was built from."""
     if preset is None:
-        raise CheckpointError("no preset given, so there is no MFM to measure perceptual distance with")
+        raise CheckpointError(f"no preset given, so there is no {'/'.join(roles)} network to measure distance with")
     try:
         from gmia import networks
-        loss = FeatureLoss(networks.load(preset, "mfm", checkpoints), name="mfm")
-        weights = Path(networks.checkpoint_dir(preset, checkpoints)) / "mfm.safetensors"
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"gmia.networks.load is not available ({exc})") from None
-    if weights.is_file():
-        loss.source, loss.sha256 = str(weights), sha256_file(weights)
-    return loss
+    except ImportError as exc:
+        raise CheckpointError(f"gmia.networks is not available ({exc})") from None
+    folder = Path(networks.checkpoint_dir(preset, checkpoints))
+    losses = []
+    for role in roles + optional:
+        weights = folder / f"{role}.safetensors"
+        if role in optional and not weights.is_file():
+            continue
+        loss = FeatureLoss(networks.load(preset, role, checkpoints), name=role)
+        if weights.is_file():
+            loss.source, loss.sha256 = str(weights), sha256_file(weights)
+        losses.append(loss)
+    return losses
+
+
+def _load_mfm(preset: str | None, checkpoints: str | Path = "checkpoints") -> FeatureLoss:
+    return _load_features(preset, ("mfm",), checkpoints)[0]
+
+
+def _load_utility(preset: str | None, checkpoints: str | Path = "checkpoints") -> FeatureSum:
+    terms = _load_features(preset, ("utility",), checkpoints, optional=("utility2",))
+    total = FeatureSum(terms, name="utility")
+    # the record names every network read: "utility:<sha> utility2:<sha>"
+    total.source = " ".join(t.source or t.name for t in terms)
+    total.sha256 = " ".join(f"{t.name}:{t.sha256}" for t in terms)
+    return total
 
 
 def build_perceptual(kind: str, preset: str | None, lpips_weights: str | Path | None = None,
                      device: str | torch.device = "cpu", checkpoints: str | Path = "checkpoints") -> PerceptualLoss | None:
-    """The perceptual term for ``kind`` ("auto", "lpips", "mfm", "none"); None for "none". See the module doc.
+    """The perceptual term for ``kind`` ("auto", "lpips", "mfm", "utility", "none"); None for "none". See the
+    module doc.
     ``checkpoints``: where the preset's MFM is looked up (a root holding <preset>/, or the preset folder)."""
     if kind == "none":
         return None
-    if kind not in ("auto", "lpips", "mfm"):
-        raise ConfigError(f"perceptual must be one of auto, lpips, mfm, none; got {kind!r}")
+    if kind not in ("auto", "lpips", "mfm", "utility"):
+        raise ConfigError(f"perceptual must be one of auto, lpips, mfm, utility, none; got {kind!r}")
+    if kind == "utility":
+        try:
+            return _load_utility(preset, checkpoints).to(device)
+        except CheckpointError as exc:
+            raise CheckpointError(f"perceptual 'utility': {exc}; give the preset's utility network "
+                                  "(checkpoints/<preset>/utility.*, `gmia train utility`) or pick another "
+                                  "--perceptual") from None
     fix = (f"give --lpips-weights PATH (torchvision's {ALEXNET_FILE}, no download), or make the preset's MFM "
            "available (checkpoints/<preset>/mfm.*, `gmia.networks.load(preset, 'mfm')`), or pass --perceptual none "
            "to train without a perceptual term")

@@ -70,6 +70,27 @@ def test_missing_perceptual_weights_say_what_to_provide(tmp_path, monkeypatch):
         L.LpipsLoss(tmp_path / "missing.pth")
 
 
+def test_the_utility_term_reads_every_utility_network_of_the_preset(tmp_path):
+    from tests.conftest import save_tiny_checkpoints
+
+    root = save_tiny_checkpoints(tmp_path / "models", roles=("utility", "utility2"))
+    both = L.build_perceptual("utility", "phantom-cxr64", checkpoints=root)
+    assert [t.name for t in both.terms] == ["utility", "utility2"] and both.name == "utility"
+    assert both.sha256.startswith("utility:") and " utility2:" in both.sha256   # the run record names both files
+    x = torch.rand(2, 1, 64, 64)
+    x_hat = (x + 0.2 * torch.randn_like(x)).requires_grad_(True)
+    per_image = both(x_hat, x)
+    assert torch.allclose(per_image, both.terms[0](x_hat, x) + both.terms[1](x_hat, x))
+    assert (per_image > 0).all() and float(both(x, x).abs().max()) < 1e-6
+    per_image.sum().backward()
+    assert x_hat.grad.abs().sum() > 0                                            # it trains what made x_hat
+    (root / "phantom-cxr64" / "utility2.safetensors").unlink()                   # E_ut2 is optional ...
+    assert [t.name for t in L.build_perceptual("utility", "phantom-cxr64", checkpoints=root).terms] == ["utility"]
+    (root / "phantom-cxr64" / "utility.safetensors").unlink()                    # ... E_ut is not
+    with pytest.raises(CheckpointError, match="gmia train utility"):
+        L.build_perceptual("utility", "phantom-cxr64", checkpoints=root)
+
+
 def test_lpips_uses_a_local_trunk_file(tmp_path, monkeypatch):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
