@@ -31,10 +31,12 @@ from torch import nn
 from gmia.checkpoints import sha256_file
 from gmia.errors import CheckpointError, ConfigError
 
+from .config import PERCEPTUAL_KINDS
+
 __all__ = [
-    "FeatureLoss", "FeatureSum", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual", "d_logistic_loss",
-    "dssim_per_image", "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image", "path_length_penalty",
-    "path_lengths", "r1_penalty", "ssim_per_image",
+    "FeatureLoss", "FeatureSum", "LpipsLoss", "PerceptualLoss", "ReconstructionLoss", "build_perceptual",
+    "d_logistic_loss", "dssim_per_image", "g_nonsaturating_loss", "local_alexnet_weights", "mse_per_image",
+    "path_length_penalty", "path_lengths", "r1_penalty", "ssim_per_image",
 ]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet weights (the LPIPS-alex trunk)
@@ -226,11 +228,12 @@ def build_perceptual(kind: str, preset: str | None, lpips_weights: str | Path | 
                      device: str | torch.device = "cpu", checkpoints: str | Path = "checkpoints") -> PerceptualLoss | None:
     """The perceptual term for ``kind`` ("auto", "lpips", "mfm", "utility", "none"); None for "none". See the
     module doc.
-    ``checkpoints``: where the preset's MFM is looked up (a root holding <preset>/, or the preset folder)."""
+    ``checkpoints``: where the preset's MFM and utility networks are looked up (a root holding <preset>/, or the
+    preset folder)."""
     if kind == "none":
         return None
-    if kind not in ("auto", "lpips", "mfm", "utility"):
-        raise ConfigError(f"perceptual must be one of auto, lpips, mfm, utility, none; got {kind!r}")
+    if kind not in PERCEPTUAL_KINDS:
+        raise ConfigError(f"perceptual must be one of {', '.join(PERCEPTUAL_KINDS)}; got {kind!r}")
     if kind == "utility":
         try:
             return _load_utility(preset, checkpoints).to(device)
