@@ -5,7 +5,7 @@
         [--also RUN ...] [--noise 0.005,0.03] [--refine 200]
 
 ``gmia evaluate``'s independent-classifier readings (``gmia.evaluation.classifier``, the same ResNet-18, seeds and
-steps) without the attackers: the ResNet trained on the training originals scores the released images of ``--anon``
+steps, and the same anonymized training rows in the same order) without the attackers: the ResNet trained on the training originals scores the released images of ``--anon``
 (and of every ``--also`` run of the same images; a run that withheld some is read on the ones it released), their
 sources and their stage-1 reconstructions G(E(x)); the "train on anonymized, test on originals" pair gets its
 stage-1 arm and, with ``--noise LO,HI``, an arm trained on the releases with white noise of a standard deviation
@@ -26,7 +26,7 @@ import torch
 from gmia import data
 from gmia.config import get_preset
 from gmia.evaluation.classifier import ClassifierConfig, independent_utility
-from gmia.evaluation.evaluate import stage1_reconstructions
+from gmia.evaluation.evaluate import learning_rows, stage1_reconstructions
 from gmia.evaluation.records import load_anonymized, load_real, match, read_anonymized
 from gmia.fileio import atomic_write_json, jsonable
 from gmia.projection.project import load_aegan, project_images
@@ -70,8 +70,11 @@ def main() -> None:
     pair, arms = None, {}
     if args.anon_train:
         train_run, train_cohort, x_at = _released(real, args.anon_train, p.channels, p.resolution)
-        x_ot, y_t = load_real(real, train_cohort.anon_source), real.labels()[train_cohort.anon_source]
-        arms["reconstructions"] = stage1_reconstructions(model, x_ot, keys(train_cohort),
+        # the rows gmia evaluate learns from, in its order: the same batches, so both tools read the same gap
+        rows = learning_rows(train_cohort, cohort)
+        sources = train_cohort.anon_source[rows]
+        x_at, x_ot, y_t = x_at[rows], load_real(real, sources), real.labels()[sources]
+        arms["reconstructions"] = stage1_reconstructions(model, x_ot, [real.keys()[i] for i in sources],
                                                          train_run.run.get("config", {}), 64, "cpu")
         pair = (x_at, x_ot, y_t)
         if args.noise:  # trained beside the other arms, against the same originals arm

@@ -102,7 +102,7 @@ def _reference_embeddings(net, real, indices, cfg, device) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 1))
 
 
-def _learning_rows(train_cohort, cohort) -> np.ndarray:
+def learning_rows(train_cohort, cohort) -> np.ndarray:
     """The rows of an anonymized training run that a network may learn from: those of patients not evaluated, in
     source order, not in the run's (pseudonym) order. Two runs of the same images then train on the same sequence
     of batches, so two settings differ by what their releases teach and not by the shuffle (one 400-image
@@ -118,7 +118,7 @@ def _adaptive(nets, preset, checkpoints, real, anon_train_dir, cohort, x, cfg, d
                            "needs anonymized images of patients other than the evaluated ones to learn from"}
     train_set = read_anonymized(anon_train_dir)
     train_cohort = match(real, train_set)
-    keep = _learning_rows(train_cohort, cohort)
+    keep = learning_rows(train_cohort, cohort)
     if len(np.unique(train_cohort.anon_patient[keep])) < 2:
         return {"skipped": f"{anon_train_dir}: fewer than 2 patients that are not also evaluated"}
     p = get_preset(preset)
@@ -279,7 +279,7 @@ def _independent(real, cohort, x_anon, x_src, y, findings, anon_train_dir, prese
         p = get_preset(preset)
         tr = read_anonymized(anon_train_dir)
         tc = match(real, tr)
-        keep = _learning_rows(tc, cohort)
+        keep = learning_rows(tc, cohort)
         if len(keep) >= cfg.classifier.batch_size:
             sources = tc.anon_source[keep]
             anon_train = (load_anonymized(tr, keep, p.channels, p.resolution), load_real(real, sources),

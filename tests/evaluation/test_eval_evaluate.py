@@ -130,11 +130,11 @@ def test_release_membership_scores_patients_in_the_release_above_outsiders():
 def test_learning_rows_drop_evaluated_patients_and_follow_the_sources_not_the_pseudonyms():
     from types import SimpleNamespace
 
-    from gmia.evaluation.evaluate import _learning_rows
+    from gmia.evaluation.evaluate import learning_rows
 
     evaluated = SimpleNamespace(anon_patient=np.array(["p9"]))
     run_a = SimpleNamespace(anon_patient=np.array(["p1", "p9", "p2", "p1"]), anon_source=np.array([7, 3, 5, 1]))
     # the same records released under other pseudonyms: another row order
     run_b = SimpleNamespace(anon_patient=np.array(["p2", "p1", "p1", "p9"]), anon_source=np.array([5, 1, 7, 3]))
-    rows_a, rows_b = _learning_rows(run_a, evaluated), _learning_rows(run_b, evaluated)
+    rows_a, rows_b = learning_rows(run_a, evaluated), learning_rows(run_b, evaluated)
     assert run_a.anon_source[rows_a].tolist() == run_b.anon_source[rows_b].tolist() == [1, 5, 7]
