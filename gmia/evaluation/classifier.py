@@ -131,7 +131,8 @@ def independent_utility(x_train: torch.Tensor, y_train: np.ndarray, x_anon: torc
         out["macro_auroc_reconstructions"] = rec
         out["ratio_reconstructions"] = rec / src if src and np.isfinite(src) else None
     if anon_train is not None:
-        out["train_on_anonymized"] = _train_on_small_sets(anon_train, train_arms or {}, x_src, y, cfg, device)
+        out["train_on_anonymized"] = _train_on_small_sets(anon_train, train_arms or {}, x_src, y, cfg, device,
+                                                          findings)
     return out
 
 
@@ -139,16 +140,20 @@ def _seeds(first: int, count: int) -> list[int]:
     return [first + k for k in range(max(1, count))]
 
 
-def _train_on_small_sets(anon_train, more: dict, x_test, y, cfg: ClassifierConfig, device) -> dict:
+def _train_on_small_sets(anon_train, more: dict, x_test, y, cfg: ClassifierConfig, device,
+                         findings: list[str] | None = None) -> dict:
     """The "train on anonymized, test on originals" reading (module doc): mean over ``cfg.small_set_seeds``;
-    every arm of ``more`` is trained and scored the same way, against the same originals arm."""
+    every arm of ``more`` is trained and scored the same way, against the same originals arm. With ``findings``
+    (the names of y's columns), the gap per finding too."""
     x_at, x_ot, y_t = anon_train
     arms = {"anonymized": x_at, "originals": x_ot, **more}
     seeds = _seeds(cfg.seed, cfg.small_set_seeds)
-    scores = {name: [macro_auroc(y, _logits(train_classifier(x, y_t, replace(cfg, seed=s), device,
-                                                             steps=cfg.small_set_steps), x_test, device))
-                     for s in seeds] for name, x in arms.items()}
+    logits = {name: [_logits(train_classifier(x, y_t, replace(cfg, seed=s), device, steps=cfg.small_set_steps),
+                             x_test, device) for s in seeds] for name, x in arms.items()}
+    scores = {name: [macro_auroc(y, z) for z in v] for name, v in logits.items()}
     mean = {name: float(np.mean(v)) for name, v in scores.items()}
+    # which findings a release fails to teach: the per-finding AUROC, mean over seeds, originals arm minus each arm
+    per = {name: np.mean([per_finding_auroc(y, z) for z in v], axis=0) for name, v in logits.items()}
     out = {"protocol": f"ResNet-18 trained on {len(x_at)} anonymized training images vs on their originals "
                        f"(same patients, same steps), both tested on the evaluated originals; mean of {len(seeds)} "
                        "seeds",
@@ -160,4 +165,9 @@ def _train_on_small_sets(anon_train, more: dict, x_test, y, cfg: ClassifierConfi
     for name in more:
         out[f"macro_auroc_trained_on_{name}"] = mean[name]
         out[f"gap_{name}"] = mean["originals"] - mean[name]
+    if findings:
+        for name in ("anonymized", *more):
+            gaps = per["originals"] - per[name]
+            out["gap_per_finding" + ("" if name == "anonymized" else f"_{name}")] = {
+                f: (float(g) if np.isfinite(g) else None) for f, g in zip(findings, gaps)}
     return out

@@ -54,3 +54,6 @@ def test_a_finding_it_can_see_is_found_and_a_blank_copy_is_not():
     assert len(gap["gap_per_seed"]) == CFG.small_set_seeds == len(set(gap["seeds"]))
     assert gap["gap"] == pytest.approx(np.mean(gap["gap_per_seed"]))
     assert gap["gap_reconstructions"] == pytest.approx(0.0, abs=1e-6)
+    # the gap is the square's, the finding the releases no longer show
+    assert gap["gap_per_finding"]["square"] > 0.2 and gap["gap_per_finding"]["square"] > gap["gap_per_finding"]["noise"]
+    assert gap["gap_per_finding_reconstructions"] == pytest.approx({"square": 0.0, "noise": 0.0}, abs=1e-6)
