@@ -153,7 +153,7 @@ def main() -> None:
     set_threads(args.threads)
     out = Path(args.out)
     suffix = "" if args.arch == "mobilenet" else f"-{args.arch}"
-    if (args.lr, args.epochs) != (1e-3, 8):
+    if (args.lr, args.epochs) != (ap.get_default("lr"), ap.get_default("epochs")):
         suffix += f"-lr{args.lr:g}-ep{args.epochs}"
     weights = out.parent / f"second-net{suffix}-seed{args.seed}.pt"  # trained once, shared by the weights tried
     net = PooledNet(6, 1, args.arch)

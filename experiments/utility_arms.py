@@ -5,7 +5,8 @@
         [--also RUN ...] [--noise 0.005,0.03] [--refine 200]
 
 ``gmia evaluate``'s independent-classifier readings (``gmia.evaluation.classifier``, the same ResNet-18, seeds and
-steps, and the same anonymized training rows in the same order) without the attackers: the ResNet trained on the training originals scores the released images of ``--anon``
+steps, and the same anonymized training rows in the same order) without the attackers: the ResNet trained on the
+training originals scores the released images of ``--anon``
 (and of every ``--also`` run of the same images; a run that withheld some is read on the ones it released), their
 sources and their stage-1 reconstructions G(E(x)); the "train on anonymized, test on originals" pair gets its
 stage-1 arm and, with ``--noise LO,HI``, an arm trained on the releases with white noise of a standard deviation

@@ -152,8 +152,6 @@ def _train_on_small_sets(anon_train, more: dict, x_test, y, cfg: ClassifierConfi
                              x_test, device) for s in seeds] for name, x in arms.items()}
     scores = {name: [macro_auroc(y, z) for z in v] for name, v in logits.items()}
     mean = {name: float(np.mean(v)) for name, v in scores.items()}
-    # which findings a release fails to teach: the per-finding AUROC, mean over seeds, originals arm minus each arm
-    per = {name: np.mean([per_finding_auroc(y, z) for z in v], axis=0) for name, v in logits.items()}
     out = {"protocol": f"ResNet-18 trained on {len(x_at)} anonymized training images vs on their originals "
                        f"(same patients, same steps), both tested on the evaluated originals; mean of {len(seeds)} "
                        "seeds",
@@ -165,7 +163,8 @@ def _train_on_small_sets(anon_train, more: dict, x_test, y, cfg: ClassifierConfi
     for name in more:
         out[f"macro_auroc_trained_on_{name}"] = mean[name]
         out[f"gap_{name}"] = mean["originals"] - mean[name]
-    if findings:
+    if findings:  # which findings a release fails to teach: per-finding AUROC over seeds, originals minus each arm
+        per = {name: np.mean([per_finding_auroc(y, z) for z in v], axis=0) for name, v in logits.items()}
         for name in ("anonymized", *more):
             gaps = per["originals"] - per[name]
             out["gap_per_finding" + ("" if name == "anonymized" else f"_{name}")] = {

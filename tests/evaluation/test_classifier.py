@@ -55,5 +55,6 @@ def test_a_finding_it_can_see_is_found_and_a_blank_copy_is_not():
     assert gap["gap"] == pytest.approx(np.mean(gap["gap_per_seed"]))
     assert gap["gap_reconstructions"] == pytest.approx(0.0, abs=1e-6)
     # the gap is the square's, the finding the releases no longer show
-    assert gap["gap_per_finding"]["square"] > 0.2 and gap["gap_per_finding"]["square"] > gap["gap_per_finding"]["noise"]
+    per_finding = gap["gap_per_finding"]
+    assert per_finding["square"] > 0.2 and per_finding["square"] > per_finding["noise"]
     assert gap["gap_per_finding_reconstructions"] == pytest.approx({"square": 0.0, "noise": 0.0}, abs=1e-6)
